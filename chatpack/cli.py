@@ -1,0 +1,39 @@
+"""Command-line helpers shared by the step scripts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def str2bool(value: str) -> bool:
+    """Parse MLflow's string params ``true``/``false`` (also 1/0, yes/no)."""
+    lowered = str(value).strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="Debug logging.")
+
+
+def run_step(body, args: argparse.Namespace, expected: tuple[type[BaseException], ...]) -> int:
+    """Run a step body; an expected input error becomes one line on stderr and exit code 2, not a stack trace."""
+    try:
+        body(args)
+    except expected as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

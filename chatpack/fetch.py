@@ -1,0 +1,191 @@
+"""The ``fetch_model`` step's logic: get a chat model, build its ONNX form, log both to MLflow.
+
+Contract with later steps (they share nothing with this one but the tracking server and artifact store):
+the run is tagged ``chatpack.step=fetch_model`` and holds the artifacts ``hf_model/`` (transformers folder),
+``onnx_model/`` (onnxruntime-genai folder) and ``fetch_info.json``. Later steps call :func:`fetched_model` with the
+run id to get local paths.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from chatpack import onnx_build
+from chatpack.cache import atomic_dir, cache_key, cache_root, dir_bytes, is_complete, write_json_atomic
+from chatpack.sources import Materialized, materialize, parse_source, sha256_file, weight_files
+from chatpack.tracking import TAG_PREFIX, finished_run, local_artifact_dir
+
+logger = logging.getLogger(__name__)
+
+STEP = "fetch_model"
+HF_ARTIFACT = "hf_model"
+ONNX_ARTIFACT = "onnx_model"
+INFO_ARTIFACT = "fetch_info.json"
+VERSIONED_LIBRARIES = ("onnxruntime-genai", "onnxruntime", "transformers", "torch", "mlflow", "huggingface_hub")
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    model: str = "microsoft/Phi-3-mini-4k-instruct"
+    revision: str = "main"
+    precision: str = "int4"
+    execution_provider: str = "cpu"
+    trust_remote_code: bool = False
+    block_size: int = 0  # 0 = the builder's default
+    accuracy_level: int = 0  # 0 = the builder's default
+
+    def check(self) -> None:
+        onnx_build.check_build_options(self.precision, self.execution_provider, self.block_size, self.accuracy_level)
+        source = parse_source(self.model, self.revision)
+        if source.kind != "hub" and self.revision not in ("", "main"):
+            raise ValueError(f"revision: only applies to hub models; '{self.model}' is a {source.kind} source")
+
+
+@dataclass
+class FetchResult:
+    hf_dir: Path
+    onnx_dir: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    """What a later step gets from a fetch run id: local folders plus the fetch run's recorded facts."""
+
+    run_id: str
+    hf_dir: Path
+    onnx_dir: Path
+    info: dict[str, Any]
+
+
+def library_versions() -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in VERSIONED_LIBRARIES}
+
+
+def fetch(options: FetchOptions) -> FetchResult:
+    """Materialise the model and build (or reuse from the cache) its ONNX form. No MLflow calls."""
+    options.check()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    material = materialize(parse_source(options.model, options.revision))
+    timings["seconds_materialize"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    weights = {p.name: _cached_sha256(p) for p in weight_files(material.hf_dir)}
+    timings["seconds_hash"] = time.perf_counter() - start
+
+    extra = onnx_build.extra_options(options.block_size, options.accuracy_level, options.trust_remote_code)
+    key = {
+        "source": [material.source.kind, material.source.name],
+        "revision": material.resolved_revision,
+        "weights": weights,
+        "precision": options.precision,
+        "execution_provider": options.execution_provider,
+        "builder": onnx_build.builder_version(),
+        "extra_options": extra,
+    }
+    entry = cache_root() / "onnx" / cache_key(key)
+    start = time.perf_counter()
+    cache_hit = is_complete(entry)
+    if cache_hit:
+        logger.info("ONNX cache hit: %s", entry)
+    else:
+        with atomic_dir(entry) as tmp:
+            onnx_build.build_onnx(material.hf_dir, tmp, options.precision, options.execution_provider,
+                                  cache_root() / "builder", extra)
+    timings["seconds_build"] = time.perf_counter() - start
+
+    info = _info(options, material, weights, extra, cache_hit, timings)
+    info["hf_model_bytes"] = dir_bytes(material.hf_dir)
+    info["onnx_model_bytes"] = dir_bytes(entry)
+    return FetchResult(material.hf_dir, entry, info)
+
+
+def log_fetch(result: FetchResult) -> None:
+    """Log tags, metrics and the two model folders to the active run."""
+    info = result.info
+    tags = {
+        TAG_PREFIX + "source_kind": info["source_kind"],
+        TAG_PREFIX + "source": info["source"],
+        TAG_PREFIX + "revision.requested": info["revision_requested"],
+        TAG_PREFIX + "revision.resolved": info["revision_resolved"],
+        TAG_PREFIX + "precision": info["precision"],
+        TAG_PREFIX + "execution_provider": info["execution_provider"],
+        TAG_PREFIX + "trust_remote_code": str(info["trust_remote_code"]).lower(),
+        TAG_PREFIX + "builder_version": info["versions"]["onnxruntime-genai"],
+        TAG_PREFIX + "builder_options": json.dumps(info["builder_options"], sort_keys=True),
+    }
+    if info["source_kind"] == "fixture":
+        tags[TAG_PREFIX + "test_fixture"] = "true: random weights, for tests only"
+    tags.update({f"{TAG_PREFIX}sha256.{name}": digest for name, digest in info["weights_sha256"].items()})
+    tags.update({f"{TAG_PREFIX}version.{name}": v for name, v in info["versions"].items()})
+    mlflow.set_tags(tags)
+    start = time.perf_counter()
+    mlflow.log_artifacts(str(result.hf_dir), HF_ARTIFACT)
+    mlflow.log_artifacts(str(result.onnx_dir), ONNX_ARTIFACT)
+    info["seconds"]["seconds_log_artifacts"] = time.perf_counter() - start
+    mlflow.log_dict(info, INFO_ARTIFACT)
+    metrics = {k: float(v) for k, v in info["seconds"].items()}
+    metrics.update(hf_model_bytes=info["hf_model_bytes"], onnx_model_bytes=info["onnx_model_bytes"],
+                   onnx_cache_hit=float(info["onnx_cache_hit"]))
+    mlflow.log_metrics(metrics)
+
+
+def fetched_model(fetch_run_id: str, param: str = "fetch_run_id") -> FetchedModel:
+    """Local folders for a finished fetch run: used in place when the artifact store is local, else downloaded once
+    (atomically) into the cache."""
+    run = finished_run(fetch_run_id, param, STEP)
+    local = local_artifact_dir(run.info.artifact_uri)
+    if local and (Path(local) / ONNX_ARTIFACT).is_dir() and (Path(local) / HF_ARTIFACT).is_dir():
+        root = Path(local)
+    else:
+        root = cache_root() / "runs" / fetch_run_id
+        if not is_complete(root):
+            logger.info("Downloading the artifacts of fetch run %s", fetch_run_id)
+            with atomic_dir(root) as tmp:
+                for name in (HF_ARTIFACT, ONNX_ARTIFACT, INFO_ARTIFACT):
+                    mlflow.artifacts.download_artifacts(run_id=fetch_run_id, artifact_path=name, dst_path=str(tmp))
+    info = json.loads((root / INFO_ARTIFACT).read_text())
+    return FetchedModel(fetch_run_id, root / HF_ARTIFACT, root / ONNX_ARTIFACT, info)
+
+
+def _info(options: FetchOptions, material: Materialized, weights: dict[str, str], extra: dict[str, str],
+          cache_hit: bool, timings: dict[str, float]) -> dict[str, Any]:
+    source = material.source
+    return {
+        "options": asdict(options),
+        "source_kind": source.kind,
+        "source": options.model if source.kind != "local" else source.name,
+        "revision_requested": source.revision,
+        "revision_resolved": material.resolved_revision,
+        "precision": options.precision,
+        "execution_provider": options.execution_provider,
+        "trust_remote_code": options.trust_remote_code,
+        "builder_options": extra,
+        "weights_sha256": weights,
+        "versions": library_versions(),
+        "onnx_cache_hit": cache_hit,
+        "seconds": timings,
+    }
+
+
+def _cached_sha256(path: Path) -> str:
+    """sha256 of a weight file, remembered by (path, size, mtime) so multi-GB files are hashed once."""
+    st = path.stat()
+    memo = cache_root() / "sha256" / (cache_key({"p": str(path.resolve()), "s": st.st_size, "m": st.st_mtime_ns})
+                                       + ".json")
+    if memo.is_file():
+        return json.loads(memo.read_text())["sha256"]
+    digest = sha256_file(path)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(memo, {"path": str(path), "sha256": digest})
+    return digest
+

@@ -1,0 +1,1 @@
+"""The MLflow Project's entry points, one module each (run as ``python -m steps.<name>``)."""

