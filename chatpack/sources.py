@@ -89,7 +89,7 @@ def validate_hf_folder(folder: Path) -> None:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise SourceError(f"model: {folder} has no config.json (not a Hugging Face model folder)")
-    if not any(folder.glob(g) for g in WEIGHT_GLOBS):
+    if not weight_files(folder):
         raise SourceError(f"model: {folder} has no weights (*.safetensors or *.bin)")
     if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()):
         raise SourceError(f"model: {folder} has no tokenizer (tokenizer.json or tokenizer.model)")

