@@ -37,3 +37,19 @@ def run_step(body, args: argparse.Namespace, expected: tuple[type[BaseException]
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def optional(kind):
+    """An argparse type where an empty string means "not set" (MLproject params cannot default to None)."""
+
+    def parse(value: str):
+        if str(value).strip() == "":
+            return None
+        return kind(value)
+
+    parse.__name__ = f"optional {kind.__name__}"
+    return parse
+
+
+def optional_bool(value: str) -> bool | None:
+    return None if str(value).strip() == "" else str2bool(value)

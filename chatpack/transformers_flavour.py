@@ -1,0 +1,151 @@
+"""Log a chat model as an MLflow transformers model with the OpenAI chat schema (``task="llm/v1/chat"``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from chatpack.fetch import FetchedModel
+from chatpack.pins import TRANSFORMERS_MODEL_PACKAGES, installed_pins
+
+logger = logging.getLogger(__name__)
+
+TASK = "llm/v1/chat"
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Generation defaults stored in the model's ``model_config``; ``None`` leaves the model's own default."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    do_sample: bool | None = None
+
+    def check(self) -> None:
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens: must be a positive integer, got {self.max_new_tokens}")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.do_sample is False and self.temperature:
+            raise ValueError("do_sample/temperature: temperature has no effect with do_sample=false; drop one of them")
+
+    def as_config(self) -> dict[str, Any]:
+        """The ``model_config`` to log: the options set, plus an explicit ``do_sample``.
+
+        transformers' text-generation pipeline samples by default (``do_sample=True, temperature=0.7``), unlike the
+        model's own generation config; so unless sampling is asked for (``do_sample=true`` or ``temperature > 0``) the
+        logged model decodes greedily and gives the same reply for the same request.
+        """
+        config = {k: v for k, v in self.__dict__.items() if v is not None}
+        if self.do_sample is None:
+            config["do_sample"] = bool(self.temperature)
+        if not config["do_sample"]:
+            config.pop("temperature", None)
+        return config
+
+
+def source_metadata(fetched: FetchedModel) -> dict[str, str]:
+    """What a logged model records about where its weights came from."""
+    info = fetched.info
+    meta = {
+        "chatpack_fetch_run_id": fetched.run_id,
+        "source_kind": info["source_kind"],
+        "source_model": info["source"],
+        "source_revision": info["revision_resolved"],
+        "weights_sha256": ",".join(f"{k}={v}" for k, v in sorted(info["weights_sha256"].items())),
+    }
+    if info["source_kind"] == "fixture":
+        meta["test_fixture"] = "true: random weights, replies are noise"
+    return meta
+
+
+@contextlib.contextmanager
+def _no_hub_lookups() -> Iterator[None]:
+    """Make huggingface_hub refuse network calls for a while (the flavour's model-card and license look-ups)."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
+@contextlib.contextmanager
+def _pinned_hub_commit(commit: str) -> Iterator[None]:
+    """Reference-only logging records the hub's *latest* commit; record the commit this run fetched instead."""
+    from mlflow.transformers import flavor_config
+
+    saved = flavor_config.get_latest_commit_for_repo
+    flavor_config.get_latest_commit_for_repo = lambda repo: commit
+    try:
+        yield
+    finally:
+        flavor_config.get_latest_commit_for_repo = saved
+
+
+def build_pipeline(hf_dir: Path, trust_remote_code: bool):
+    """A text-generation pipeline over the local transformers folder (no network)."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=trust_remote_code,
+                                                           local_files_only=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=trust_remote_code,
+                                                              local_files_only=True)
+    return transformers.pipeline("text-generation", model=model, tokenizer=tokenizer)
+
+
+def log_transformers_model(
+    fetched: FetchedModel,
+    model_name: str,
+    defaults: GenerationDefaults,
+    registered_model_name: str | None = None,
+    save_pretrained: bool = True,
+) -> mlflow.models.model.ModelInfo:
+    """Log the fetched model as ``llm/v1/chat`` transformers model in the active run; return its ModelInfo.
+
+    ``save_pretrained=False`` stores only a reference to the hub repository and commit (no weight copy); loading such
+    a model downloads the weights from the hub, so it needs a hub source and network at load time.
+    """
+    defaults.check()
+    info = fetched.info
+    trust = bool(info["trust_remote_code"])
+    if not save_pretrained and info["source_kind"] != "hub":
+        raise ValueError(f"save_pretrained: false needs a hub model to refer to; fetch run {fetched.run_id} is a "
+                         f"{info['source_kind']} source")
+    start = time.perf_counter()
+    pipe = build_pipeline(fetched.hf_dir, trust)
+    # The flavour records model.name_or_path as the source model (and, without save_pretrained, as the hub repo to
+    # load from): make it the source the user asked for, not the temporary folder the weights were read from.
+    pipe.model.name_or_path = info["source"]
+    guard = _no_hub_lookups() if save_pretrained else _pinned_hub_commit(info["revision_resolved"])
+    logger.info("Logging %s as %s (save_pretrained=%s)", info["source"], model_name, save_pretrained)
+    with guard:
+        model_info = _log(pipe, model_name, defaults, fetched, registered_model_name, save_pretrained)
+    mlflow.log_metric("seconds_log_model", time.perf_counter() - start)
+    return model_info
+
+
+def _log(pipe, model_name: str, defaults: GenerationDefaults, fetched: FetchedModel,
+         registered_model_name: str | None, save_pretrained: bool) -> mlflow.models.model.ModelInfo:
+    return mlflow.transformers.log_model(
+        transformers_model=pipe,
+        name=model_name,
+        task=TASK,
+        model_config=defaults.as_config(),
+        pip_requirements=installed_pins(TRANSFORMERS_MODEL_PACKAGES),
+        metadata=source_metadata(fetched),
+        registered_model_name=registered_model_name or None,
+        save_pretrained=save_pretrained,
+    )
