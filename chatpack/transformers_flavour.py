@@ -6,52 +6,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 
 from chatpack.fetch import FetchedModel
+from chatpack.generation import GenerationDefaults
 from chatpack.pins import TRANSFORMERS_MODEL_PACKAGES, installed_pins
 
 logger = logging.getLogger(__name__)
 
 TASK = "llm/v1/chat"
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """Generation defaults stored in the model's ``model_config``; ``None`` leaves the model's own default."""
-
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    do_sample: bool | None = None
-
-    def check(self) -> None:
-        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens: must be a positive integer, got {self.max_new_tokens}")
-        if self.temperature is not None and self.temperature < 0:
-            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
-        if self.do_sample is False and self.temperature:
-            raise ValueError("do_sample/temperature: temperature has no effect with do_sample=false; drop one of them")
-
-    def as_config(self) -> dict[str, Any]:
-        """The ``model_config`` to log: the options set, plus an explicit ``do_sample``.
-
-        transformers' text-generation pipeline samples by default (``do_sample=True, temperature=0.7``), unlike the
-        model's own generation config; so unless sampling is asked for (``do_sample=true`` or ``temperature > 0``) the
-        logged model decodes greedily and gives the same reply for the same request.
-        """
-        config = {k: v for k, v in self.__dict__.items() if v is not None}
-        if self.do_sample is None:
-            config["do_sample"] = bool(self.temperature)
-        if not config["do_sample"]:
-            config.pop("temperature", None)
-        return config
 
 
 def source_metadata(fetched: FetchedModel) -> dict[str, str]:
@@ -118,7 +83,6 @@ def log_transformers_model(
     ``save_pretrained=False`` stores only a reference to the hub repository and commit (no weight copy); loading such
     a model downloads the weights from the hub, so it needs a hub source and network at load time.
     """
-    defaults.check()
     info = fetched.info
     trust = bool(info["trust_remote_code"])
     if not save_pretrained and info["source_kind"] != "hub":
@@ -143,7 +107,7 @@ def _log(pipe, model_name: str, defaults: GenerationDefaults, fetched: FetchedMo
         transformers_model=pipe,
         name=model_name,
         task=TASK,
-        model_config=defaults.as_config(),
+        model_config=defaults.transformers_config(),
         pip_requirements=installed_pins(TRANSFORMERS_MODEL_PACKAGES),
         metadata=source_metadata(fetched),
         registered_model_name=registered_model_name or None,

@@ -17,31 +17,21 @@ Outputs, on the MLflow run (tag ``chatpack.step=log_transformers``):
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-import mlflow
-
 from chatpack import cli
-from chatpack.fetch import fetched_model
-from chatpack.tracking import MODEL_URI_TAG, StepInputError, step_run
-from chatpack.transformers_flavour import GenerationDefaults, log_transformers_model
+from chatpack.generation import GenerationDefaults
+from chatpack.model_step import add_model_args, log_model_step
+from chatpack.transformers_flavour import log_transformers_model
 
 STEP = "log_transformers"
-logger = logging.getLogger("chatpack.steps.log_transformers")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--fetch_run_id", required=True, help="Run id of a finished fetch_model run.")
-    p.add_argument("--model_name", default="chat-transformers", help="Name of the LoggedModel.")
-    p.add_argument("--max_new_tokens", type=cli.optional(int), default=256,
-                   help="Default max new tokens (a request's max_tokens overrides); empty = model default.")
-    p.add_argument("--temperature", type=cli.optional(float), default=None, help="Default temperature; empty = unset.")
-    p.add_argument("--top_p", type=cli.optional(float), default=None, help="Default top_p; empty = unset.")
+    add_model_args(p, default_name="chat-transformers")
     p.add_argument("--do_sample", type=cli.optional_bool, default=None,
-                   help="Default sampling switch (true/false); empty = model default (greedy for most chat models).")
-    p.add_argument("--registered_model_name", default="", help="Register under this name; empty = do not register.")
+                   help="Sample (true) or decode greedily (false); empty = sample only if temperature > 0.")
     p.add_argument("--save_pretrained", type=cli.str2bool, default=True,
                    help="true: copy weights into the model; false: reference the hub repo and commit only.")
     cli.add_verbose(p)
@@ -50,22 +40,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _run(args: argparse.Namespace) -> None:
     defaults = GenerationDefaults(args.max_new_tokens, args.temperature, args.top_p, args.do_sample)
-    defaults.check()
-    params = {"fetch_run_id": args.fetch_run_id, "model_name": args.model_name,
-              "registered_model_name": args.registered_model_name,
-              "save_pretrained": str(args.save_pretrained).lower(), **defaults.as_config()}
-    fetched = fetched_model(args.fetch_run_id)
-    with step_run(STEP, params):
-        info = log_transformers_model(fetched, args.model_name, defaults, args.registered_model_name,
-                                      args.save_pretrained)
-        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
-        logger.info("Logged %s", info.model_uri)
+    log_model_step(STEP, args, defaults, {"save_pretrained": str(args.save_pretrained).lower()},
+                   lambda fetched: log_transformers_model(fetched, args.model_name, defaults,
+                                                          args.registered_model_name, args.save_pretrained))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
-    return cli.run_step(_run, args, (ValueError, StepInputError))
+    return cli.run_step(_run, args, (ValueError,))
 
 
 if __name__ == "__main__":

@@ -148,11 +148,11 @@ def test_mlflow_run_log_transformers_end_to_end(tmp_path, fixture_fetch_run):
 
 
 def test_generation_defaults_decode_greedily_unless_sampling_is_asked_for():
-    from chatpack.transformers_flavour import GenerationDefaults
+    from chatpack.generation import GenerationDefaults
 
-    assert GenerationDefaults(max_new_tokens=8).as_config() == {"max_new_tokens": 8, "do_sample": False}
-    assert GenerationDefaults(temperature=0.0).as_config() == {"do_sample": False}
-    assert GenerationDefaults(temperature=0.7, top_p=0.9).as_config() == {"temperature": 0.7, "top_p": 0.9,
+    assert GenerationDefaults(max_new_tokens=8).transformers_config() == {"max_new_tokens": 8, "do_sample": False}
+    assert GenerationDefaults(temperature=0.0).transformers_config() == {"do_sample": False}
+    assert GenerationDefaults(temperature=0.7, top_p=0.9).transformers_config() == {"temperature": 0.7, "top_p": 0.9,
                                                                           "do_sample": True}
     with pytest.raises(ValueError, match="do_sample/temperature"):
         GenerationDefaults(temperature=0.7, do_sample=False).check()

@@ -1,0 +1,52 @@
+"""Generation defaults a logged model carries in its ``model_config`` (a request's own options override them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """``None`` means not set: the model's own default applies and nothing is logged for it."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    do_sample: bool | None = None
+
+    def check(self) -> None:
+        """Refuse impossible values, naming the flag."""
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens: must be a positive integer, got {self.max_new_tokens}")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.do_sample is False and self.temperature:
+            raise ValueError("do_sample/temperature: temperature has no effect with do_sample=false; drop one of them")
+
+    def set_options(self) -> dict[str, Any]:
+        """The options that were set, as given."""
+        self.check()
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def transformers_config(self) -> dict[str, Any]:
+        """``model_config`` for the transformers flavour: the options set, plus an explicit ``do_sample``.
+
+        transformers' text-generation pipeline samples by default (``do_sample=True, temperature=0.7``), unlike the
+        model's own generation config; so unless sampling is asked for (``do_sample=true`` or ``temperature > 0``) the
+        logged model decodes greedily and gives the same reply for the same request.
+        """
+        config = self.set_options()
+        if self.do_sample is None:
+            config["do_sample"] = bool(self.temperature)
+        if not config["do_sample"]:
+            config.pop("temperature", None)
+        return config
+
+    def onnx_config(self) -> dict[str, Any]:
+        """``model_config`` for the onnxruntime-genai pyfunc, where sampling follows temperature (0/unset = greedy)."""
+        if self.do_sample is not None:
+            raise ValueError("do_sample: the onnx flavour samples when temperature > 0; set temperature instead")
+        return self.set_options()

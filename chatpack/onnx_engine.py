@@ -1,0 +1,154 @@
+"""Chat generation over an onnxruntime-genai model (0.18 API): chat template, search options, streaming, stops.
+
+One :class:`OnnxChatEngine` holds one ``og.Model`` and answers many requests, each with a fresh ``GeneratorParams``
+and ``Generator``. The bindings hold the GIL and are not documented as thread safe, so generation is serialised by a
+lock: concurrent callers queue and each gets its own, correct reply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from chatpack.chat_request import GenerationOptions, RequestError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamState:
+    """Filled in while a stream runs; final once the stream is exhausted."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class OnnxChatEngine:
+    def __init__(self, model_dir: str | Path, defaults: dict | None = None):
+        import onnxruntime_genai as og
+
+        self._og = og
+        self.model_dir = Path(model_dir)
+        self.model = og.Model(str(model_dir))
+        self.tokenizer = og.Tokenizer(self.model)
+        config = json.loads((self.model_dir / "genai_config.json").read_text())["model"]
+        self.context_length = int(config["context_length"])
+        eos = config.get("eos_token_id", [])
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.defaults = dict(defaults or {})
+        self._lock = threading.Lock()
+
+    # -- prompts ---------------------------------------------------------------------------------------------------
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of ``messages`` rendered with the model's own chat template (from its tokenizer files)."""
+        text = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+        return self.encode_text(text)
+
+    def encode_text(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(text)]
+
+    # -- generation ------------------------------------------------------------------------------------------------
+    def check_fits(self, prompt_ids: list[int], field: str = "messages") -> None:
+        if len(prompt_ids) >= self.context_length:
+            raise RequestError(field, f"{field}: the prompt is {len(prompt_ids)} tokens; this model's context is "
+                                      f"{self.context_length} tokens including the reply; shorten the conversation")
+
+    def stream(self, prompt_ids: list[int], options: GenerationOptions, state: StreamState | None = None
+               ) -> Iterator[str]:
+        """Yield the reply's text piece by piece; ``state`` receives token counts and the finish reason.
+
+        Stop sequences are cut from the reply; text that might begin a stop sequence is held back until it is known
+        not to, so a stop sequence never leaks into the stream.
+        """
+        options = options.over(self.defaults)
+        self.check_fits(prompt_ids)  # before the first token is asked for: bad requests fail at the call
+        state = state if state is not None else StreamState(len(prompt_ids))
+        budget = self.context_length - len(prompt_ids)
+        max_new = min(options.max_tokens, budget) if options.max_tokens else budget
+        return self._stream(prompt_ids, options, max_new, state)
+
+    def _stream(self, prompt_ids: list[int], options: GenerationOptions, max_new: int, state: StreamState
+                ) -> Iterator[str]:
+        with self._lock:
+            generator = self._generator(prompt_ids, max_new, options)
+            decoder = self.tokenizer.create_stream()
+            text, emitted = "", 0
+            while not generator.is_done():
+                generator.generate_next_token()
+                token = int(generator.get_next_tokens()[0])
+                if token in self.eos_ids:
+                    state.finish_reason = "stop"
+                    break
+                state.completion_tokens += 1
+                text += decoder.decode(token)
+                cut = _find_stop(text, options.stop, emitted)
+                if cut is not None:
+                    if cut > emitted:
+                        yield text[emitted:cut]
+                    state.finish_reason = "stop"
+                    return
+                safe = len(text) - _held_back(text, options.stop)
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
+            if len(text) > emitted:
+                yield text[emitted:]
+            if state.finish_reason is None:
+                state.finish_reason = "length"
+
+    def complete(self, prompt_ids: list[int], options: GenerationOptions) -> Completion:
+        state = StreamState(len(prompt_ids))
+        text = "".join(self.stream(prompt_ids, options, state))
+        return Completion(text, state.finish_reason or "length", state.prompt_tokens, state.completion_tokens)
+
+    def _generator(self, prompt_ids: list[int], max_new: int, options: GenerationOptions):
+        og = self._og
+        search: dict = {"max_length": len(prompt_ids) + max_new}
+        sample = bool(options.temperature)  # temperature 0 or unset: greedy
+        search["do_sample"] = sample
+        if sample:
+            search["temperature"] = options.temperature
+            if options.top_p is not None:
+                search["top_p"] = options.top_p
+            if options.top_k is not None:
+                search["top_k"] = options.top_k
+            if options.seed is not None:
+                search["random_seed"] = options.seed
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(**search)
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(prompt_ids)
+        return generator
+
+
+def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
+    """Index where the earliest stop sequence starts in ``text`` (searching only where a new one can be), or None."""
+    if not stops:
+        return None
+    start = max(0, emitted - max(len(s) for s in stops))
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of a stop sequence."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest

@@ -1,0 +1,101 @@
+"""The onnxruntime-genai chat model as an MLflow ``PythonModel`` (logged from code: no pickle).
+
+Input: OpenAI chat-completions requests (``messages`` + options) or the raw-prompt form (``prompt``: a string already
+in the model's chat format); one reply per input row. ``predict`` answers chat rows with ``chat.completion`` dicts and
+prompt rows with the generated string; ``predict_stream`` yields ``chat.completion.chunk`` dicts (prompt form: strings).
+Bad requests raise ``MlflowException`` (HTTP 400 when served) naming the field.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from chatpack.chat_request import ChatRequest, RequestError, parse_request
+from chatpack.onnx_engine import OnnxChatEngine, StreamState
+from chatpack.openai_format import chat_chunk, chat_completion, completion_id, usage
+
+ONNX_ARTIFACT_KEY = "onnx_model"
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")
+
+
+def rows_of(model_input: Any) -> list[dict[str, Any]]:
+    """The request rows in whatever form pyfunc hands them over: DataFrame, dict, or list of dicts."""
+    rows: list[dict[str, Any]] | None = None
+    if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):
+        rows = model_input.to_dict(orient="records")
+    elif isinstance(model_input, dict):
+        rows = [model_input]
+    elif isinstance(model_input, list) and all(isinstance(r, dict) for r in model_input):
+        rows = model_input
+    if rows == [] or rows == [{}]:
+        raise MlflowException.invalid_parameter_value("messages: required (a non-empty list of {role, content})")
+    if rows is not None:
+        return rows
+    raise MlflowException.invalid_parameter_value(
+        f"request: expected a chat request object or a list of them, got {type(model_input).__name__}")
+
+
+class OnnxChatModel(mlflow.pyfunc.PythonModel):
+    """Chat completions over an onnxruntime-genai model folder logged as the artifact ``onnx_model``."""
+
+    def load_context(self, context) -> None:
+        config = dict(context.model_config or {})
+        self.model_name = str(config.get("source_model", "onnx-chat"))
+        defaults = {k: config[k] for k in GENERATION_KEYS if config.get(k) is not None}
+        self.engine = OnnxChatEngine(context.artifacts[ONNX_ARTIFACT_KEY], defaults)
+
+    def predict(self, context, model_input, params=None) -> list[Any]:
+        requests = [self._parse(row) for row in rows_of(model_input)]  # validate every row before generating
+        return [self._answer(request) for request in requests]
+
+    def predict_stream(self, context, model_input, params=None) -> Iterator[Any]:
+        rows = rows_of(model_input)
+        if len(rows) != 1:
+            raise MlflowException.invalid_parameter_value(f"request: streaming takes one request, got {len(rows)}")
+        request = self._parse(rows[0])
+        if request.options.n != 1:
+            raise MlflowException.invalid_parameter_value("n: streaming supports n=1 only")
+        prompt_ids = self._prompt_ids(request)
+        state = StreamState(len(prompt_ids))
+        pieces = self._guard(lambda: self.engine.stream(prompt_ids, request.options, state))
+        if request.prompt is not None:
+            yield from pieces
+            return
+        cid, created = completion_id(), int(time.time())
+        yield chat_chunk(cid, self.model_name, created, {"role": "assistant", "content": ""})
+        for piece in pieces:
+            yield chat_chunk(cid, self.model_name, created, {"content": piece})
+        yield chat_chunk(cid, self.model_name, created, {}, state.finish_reason,
+                         usage(state.prompt_tokens, state.completion_tokens))
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def _parse(self, row: dict[str, Any]) -> ChatRequest:
+        return self._guard(lambda: parse_request(row))
+
+    def _prompt_ids(self, request: ChatRequest) -> list[int]:
+        if request.messages is not None:
+            return self.engine.encode_chat(request.messages)
+        return self.engine.encode_text(request.prompt or "")
+
+    def _answer(self, request: ChatRequest) -> Any:
+        prompt_ids = self._prompt_ids(request)
+        field = "messages" if request.messages is not None else "prompt"
+        self._guard(lambda: self.engine.check_fits(prompt_ids, field))
+        results = [self.engine.complete(prompt_ids, request.options) for _ in range(request.options.n)]
+        if request.prompt is not None:
+            return results[0].text if request.options.n == 1 else [r.text for r in results]
+        return chat_completion(self.model_name, [(r.text, r.finish_reason) for r in results],
+                               prompt_tokens=len(prompt_ids),
+                               completion_tokens=sum(r.completion_tokens for r in results))
+
+    @staticmethod
+    def _guard(call):
+        try:
+            return call()
+        except RequestError as exc:
+            raise MlflowException.invalid_parameter_value(str(exc)) from None

@@ -1,0 +1,50 @@
+"""Entry point ``log_onnx_pyfunc``: log the fetched ONNX model as a pickle-free chat pyfunc over onnxruntime-genai.
+
+Inputs (MLproject params, same names as the flags):
+  fetch_run_id            id of a finished ``fetch_model`` run (its ``onnx_model/`` artifact is the model)
+  model_name              LoggedModel name (default ``chat-onnx``)
+  max_new_tokens, temperature, top_p
+                          generation defaults stored in ``model_config``; empty = unset. A request's own options win.
+                          Decoding is greedy unless a temperature > 0 applies.
+  registered_model_name   register the model under this name (empty = do not register)
+
+Outputs, on the MLflow run (tag ``chatpack.step=log_onnx_pyfunc``):
+  a LoggedModel named ``model_name`` (``models:/m-...``) logged from code (``chatpack/onnx_model_code.py``) with the
+  ONNX folder as artifact ``onnx_model`` and ``chatpack`` as code; its URI in the tag ``chatpack.model_uri``; metadata
+  records source, revision, weight sha256, precision, provider and the onnxruntime-genai version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chatpack import cli
+from chatpack.generation import GenerationDefaults
+from chatpack.model_step import add_model_args, log_model_step
+from chatpack.onnx_flavour import log_onnx_model
+
+STEP = "log_onnx_pyfunc"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(p, default_name="chat-onnx")
+    cli.add_verbose(p)
+    return p.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> None:
+    defaults = GenerationDefaults(args.max_new_tokens, args.temperature, args.top_p)
+    log_model_step(STEP, args, defaults, {},
+                   lambda fetched: log_onnx_model(fetched, args.model_name, defaults, args.registered_model_name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.verbose)
+    return cli.run_step(_run, args, (ValueError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
