@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 	touch $@
 
 demo: setup
-	$(BIN)/mlflow run . -e fetch_model --env-manager local -P model=bundled:smollm2-135m-instruct
+	$(BIN)/mlflow run . --env-manager local -P model=bundled:smollm2-135m-instruct
 
 test: setup
 	$(BIN)/python -m pytest

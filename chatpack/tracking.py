@@ -26,8 +26,10 @@ class StepInputError(ValueError):
 @contextlib.contextmanager
 def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) the step's run, tag it and log its params once."""
+    from chatpack.reuse import CODE_VERSION_TAG, code_version
+
     with mlflow.start_run() as run:
-        mlflow.set_tag(STEP_TAG, step)
+        mlflow.set_tags({STEP_TAG: step, CODE_VERSION_TAG: code_version()})
         log_params_once(params)
         yield run
 

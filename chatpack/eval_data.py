@@ -1,0 +1,64 @@
+"""The evaluation set format: one JSON object per line.
+
+    {"id": "fact-01", "category": "factual", "messages": [{"role": "user", "content": "..."}],
+     "reference": "Paris", "rules": [{"type": "max_words", "value": 1}]}
+
+``id`` (unique), ``messages`` (an OpenAI chat conversation) and ``reference`` (the expected answer) are required;
+``category`` (free text; ``instruction`` rows are scored by their rules, ``rewrite``/``summarise`` rows by ROUGE-L,
+others by whether the reply contains the reference) and ``rules`` (see :mod:`chatpack.quality`) are optional.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chatpack.chat_request import parse_request
+
+DEFAULT_EVAL_DATA = Path(__file__).resolve().parents[1] / "data" / "eval_prompts.jsonl"
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    id: str
+    category: str
+    messages: list[dict[str, str]]
+    reference: str
+    rules: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_eval_rows(path: str | Path) -> list[EvalRow]:
+    """Read and validate a JSONL eval set; errors name the line and the field."""
+    from chatpack.quality import RULES
+
+    rows, seen = [], set()
+    lines = Path(path).read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"eval_data: {path}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+        for key in ("id", "messages", "reference"):
+            if key not in obj:
+                raise ValueError(f"{where}: missing '{key}'")
+        if obj["id"] in seen:
+            raise ValueError(f"{where}: duplicate id '{obj['id']}'")
+        seen.add(obj["id"])
+        try:
+            messages = parse_request({"messages": obj["messages"]}).messages or []
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        rules = obj.get("rules", [])
+        for rule in rules:
+            if rule.get("type") not in RULES:
+                raise ValueError(f"{where}: unknown rule type '{rule.get('type')}'; known: {', '.join(RULES)}")
+        rows.append(EvalRow(str(obj["id"]), str(obj.get("category", "general")), messages, str(obj["reference"]),
+                            rules))
+    if not rows:
+        raise ValueError(f"eval_data: {path} has no rows")
+    return rows

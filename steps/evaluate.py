@@ -1,0 +1,73 @@
+"""Entry point ``evaluate``: run both logged flavours on the same prompts; quality, speed and size side by side.
+
+Inputs (MLproject params, same names as the flags):
+  transformers_model_uri / transformers_run_id   the transformers model, or the log_transformers run that logged it
+  onnx_model_uri / onnx_run_id                   the ONNX pyfunc, or the log_onnx_pyfunc run that logged it
+  eval_data              JSONL eval set (default: data/eval_prompts.jsonl; format in chatpack/eval_data.py)
+  max_new_tokens         reply budget per prompt (greedy decoding)
+  registered_model_name  register both models and set aliases ``champion``/``challenger`` (empty = no registry)
+  quality_tolerance      how much lower (0-1 quality score) the faster flavour may score and still win
+
+Outputs, on the MLflow run (tag ``chatpack.step=evaluate``):
+  nested runs ``evaluate-transformers`` / ``evaluate-onnx`` with ``mlflow.models.evaluate`` metrics linked to each
+  model; metrics ``<flavour>_<metric>``, ``agreement_identical``, ``agreement_rouge_l``, ``onnx_speedup``; artifacts
+  ``eval_rows.json`` (per-prompt table), ``comparison.png``, ``eval_report.md``, ``eval_summary.json``; tags
+  ``chatpack.champion``, ``chatpack.champion_uri``, ``chatpack.champion_reason``, ``chatpack.eval_data_sha256``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import mlflow
+
+from chatpack import cli
+from chatpack.eval_data import DEFAULT_EVAL_DATA, load_eval_rows
+from chatpack.evaluation import EVAL_DATA_TAG, evaluate_and_log, resolve_model_uri
+from chatpack.sources import sha256_file
+from chatpack.tracking import step_run
+
+STEP = "evaluate"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--transformers_model_uri", default="", help="URI of the transformers model (models:/m-...).")
+    p.add_argument("--transformers_run_id", default="", help="Or: the log_transformers run that logged it.")
+    p.add_argument("--onnx_model_uri", default="", help="URI of the ONNX pyfunc model (models:/m-...).")
+    p.add_argument("--onnx_run_id", default="", help="Or: the log_onnx_pyfunc run that logged it.")
+    p.add_argument("--eval_data", default="", help=f"JSONL eval set; empty = {DEFAULT_EVAL_DATA.name} shipped here.")
+    p.add_argument("--max_new_tokens", type=int, default=64, help="Reply budget per prompt.")
+    p.add_argument("--registered_model_name", default="", help="Register both and set aliases; empty = no registry.")
+    p.add_argument("--quality_tolerance", type=float, default=0.05,
+                   help="Max quality-score deficit (0-1) the faster flavour may have and still be champion.")
+    cli.add_verbose(p)
+    return p.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens: must be a positive integer, got {args.max_new_tokens}")
+    if args.quality_tolerance < 0:
+        raise ValueError(f"quality_tolerance: must be >= 0, got {args.quality_tolerance}")
+    uris = {"transformers": resolve_model_uri(args.transformers_model_uri, args.transformers_run_id, "transformers"),
+            "onnx": resolve_model_uri(args.onnx_model_uri, args.onnx_run_id, "onnx")}
+    eval_data = args.eval_data or str(DEFAULT_EVAL_DATA)
+    rows = load_eval_rows(eval_data)
+    params = {k: v for k, v in vars(args).items() if k != "verbose"}
+    with step_run(STEP, params):
+        mlflow.set_tag(EVAL_DATA_TAG, sha256_file(Path(eval_data)))
+        evaluate_and_log(uris, rows, eval_data, args.max_new_tokens, args.quality_tolerance,
+                         args.registered_model_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.verbose)
+    return cli.run_step(_run, args, (ValueError, FileNotFoundError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Entry point ``main`` (the default): fetch, log both flavours, evaluate and crown a champion, in one run.
+
+Inputs (MLproject params, same names as the flags): ``model``, ``revision``, ``precision``, ``execution_provider``
+(as in ``fetch_model``), ``registered_model_name`` (``auto`` = derived from the model, e.g.
+``Phi-3-mini-4k-instruct-chat``; empty = no registry), ``eval_data``, ``max_new_tokens``, ``quality_tolerance``
+(as in ``evaluate``) and ``force`` (true = rerun every step).
+
+Each step runs through ``mlflow.run(..., env_manager="local")`` as a child run of this one, passing only run ids. A
+step is skipped, and its earlier run reused, when a FINISHED run exists with the same entry point, the same
+parameters as MLflow logged them and the same code version (tag ``chatpack.code_version``).
+
+Outputs, on this run (tag ``chatpack.step=main``): tags ``chatpack.run.<step>`` (the run id each step used),
+``chatpack.reused_steps``; metric ``steps_reused``. The evaluate run holds the comparison and the champion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chatpack import cli
+from chatpack.pipeline import AUTO, PipelineOptions, registry_name, run_pipeline
+from chatpack.tracking import step_run
+
+STEP = "main"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = PipelineOptions(model="microsoft/Phi-3-mini-4k-instruct")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=d.model, help="Hub id, local folder, bundled:<name> or fixture:<name>.")
+    p.add_argument("--revision", default=d.revision, help="Hub branch, tag or commit (hub ids only).")
+    p.add_argument("--precision", default=d.precision, help="ONNX precision: int4, int8, fp16 or fp32.")
+    p.add_argument("--execution_provider", default=d.execution_provider, help="cpu or cuda.")
+    p.add_argument("--registered_model_name", default=AUTO,
+                   help="Registry name for champion/challenger; 'auto' derives it from the model; empty = none.")
+    p.add_argument("--eval_data", default="", help="JSONL eval set; empty = the one shipped in data/.")
+    p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens, help="Reply budget per eval prompt.")
+    p.add_argument("--quality_tolerance", type=float, default=d.quality_tolerance,
+                   help="Max quality deficit (0-1) the faster flavour may have and still win.")
+    p.add_argument("--force", type=cli.str2bool, default=False, help="true: rerun every step, reuse nothing.")
+    cli.add_verbose(p)
+    return p.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> None:
+    options = PipelineOptions(args.model, args.revision, args.precision, args.execution_provider,
+                              args.registered_model_name, args.eval_data, args.max_new_tokens,
+                              args.quality_tolerance, args.force)
+    params = {k: v for k, v in vars(args).items() if k != "verbose"}
+    params["force"] = str(args.force).lower()
+    with step_run(STEP, params):
+        runs = run_pipeline(options)
+        name = registry_name(options.model, options.registered_model_name)
+        print("\nruns: " + ", ".join(f"{step}={run_id}" for step, run_id in runs.items()))
+        if name:
+            print(f"champion: mlflow.pyfunc.load_model('models:/{name}@champion')")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.verbose)
+    from mlflow.exceptions import ExecutionException
+
+    return cli.run_step(_run, args, (ValueError, ExecutionException))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

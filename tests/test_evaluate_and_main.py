@@ -1,0 +1,171 @@
+"""evaluate (quality, speed, size, champion, aliases) and main (the chained run with reuse)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from chatpack.champion import Contender, choose_champion
+from chatpack.eval_data import DEFAULT_EVAL_DATA, load_eval_rows
+from chatpack.quality import agreement, contains_reference, rule_pass_rate, score_row
+from chatpack.reuse import CODE_VERSION_TAG, code_version, find_reusable_run, logged_params
+from steps import evaluate, log_onnx_pyfunc, log_transformers
+from tests.conftest import FIXTURE_MODEL, copy_project, mlflow_run
+
+
+def model_run(step, fetch_run_id: str) -> str:
+    assert step.main(["--fetch_run_id", fetch_run_id, "--max_new_tokens", "8"]) == 0
+    return mlflow.last_active_run().info.run_id
+
+
+@pytest.fixture(scope="session")
+def evaluate_run(fixture_fetch_run) -> str:
+    tf, onnx = model_run(log_transformers, fixture_fetch_run), model_run(log_onnx_pyfunc, fixture_fetch_run)
+    assert evaluate.main(["--transformers_run_id", tf, "--onnx_run_id", onnx, "--max_new_tokens", "6",
+                          "--registered_model_name", "eval-tiny"]) == 0
+    return mlflow.last_active_run().info.run_id
+
+
+def test_shipped_eval_set_has_40_rows_of_every_kind_and_its_references_pass():
+    rows = load_eval_rows(DEFAULT_EVAL_DATA)
+    assert len(rows) >= 40
+    assert {"factual", "arithmetic", "instruction", "rewrite", "summarise"} <= {r.category for r in rows}
+    assert sum(bool(r.rules) for r in rows) >= 10
+    for row in rows:
+        assert score_row(row, row.reference)["row_score"] == pytest.approx(1.0), row.id
+
+
+def test_quality_metrics_tell_right_from_wrong():
+    assert contains_reference("The capital of Spain is Madrid.", "Madrid") == 1.0
+    assert contains_reference("The capital of Spain is Barcelona.", "Madrid") == 0.0
+    assert rule_pass_rate("blue sky", [{"type": "max_words", "value": 1}]) == 0.0
+    assert rule_pass_rate('{"name": "Ada"}', [{"type": "json_object"}, {"type": "contains", "value": "Ada"}]) == 1.0
+    assert agreement(["a b", "c"], ["a b", "d"])["agreement_identical"] == 0.5
+
+
+def test_bad_eval_data_is_refused_naming_the_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "messages": [{"role": "user", "content": "hi"}], "reference": "x"}\n{"id": "b"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: missing 'messages'"):
+        load_eval_rows(bad)
+    bad.write_text('{"id": "a", "messages": [], "reference": "x"}\n')
+    with pytest.raises(ValueError, match=r":1: messages: must not be empty"):
+        load_eval_rows(bad)
+
+
+def test_evaluate_logs_metrics_table_plot_report_and_sets_aliases(evaluate_run):
+    run = MlflowClient().get_run(evaluate_run)
+    metrics = run.data.metrics
+    for flavour in ("transformers", "onnx"):
+        for key in ("quality_score", "tokens_per_s", "decode_tokens_per_s", "ttft_p50_s", "latency_p50_s",
+                    "latency_p95_s", "peak_rss_mb", "model_size_mb"):
+            value = metrics[f"{flavour}_{key}"]
+            assert math.isfinite(value) and value >= 0, (flavour, key, value)
+        assert metrics[f"{flavour}_peak_rss_mb"] > 100
+    assert 0 <= metrics["agreement_identical"] <= 1 and 0 <= metrics["agreement_rouge_l"] <= 1
+    artifacts = {a.path for a in MlflowClient().list_artifacts(evaluate_run)}
+    assert {"eval_rows.json", "comparison.png", "eval_report.md", "eval_summary.json"} <= artifacts
+    table = json.loads(open(mlflow.artifacts.download_artifacts(run_id=evaluate_run, artifact_path="eval_rows.json"))
+                       .read())
+    assert len(table["data"]) == len(load_eval_rows(DEFAULT_EVAL_DATA))
+    assert "transformers_reply" in table["columns"] and "onnx_reply" in table["columns"]
+    png = mlflow.artifacts.download_artifacts(run_id=evaluate_run, artifact_path="comparison.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    champion = run.data.tags["chatpack.champion"]
+    aliases = MlflowClient().get_registered_model("eval-tiny").aliases
+    assert set(aliases) == {"champion", "challenger"} and aliases["champion"] != aliases["challenger"]
+    version = MlflowClient().get_model_version("eval-tiny", aliases["champion"])
+    assert version.tags["chatpack.flavour"] == champion
+    reply = mlflow.pyfunc.load_model("models:/eval-tiny@champion").predict(
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert reply[0]["usage"]["completion_tokens"] == 2
+
+
+def test_per_flavour_quality_runs_are_linked_to_their_models(evaluate_run):
+    children = mlflow.search_runs(filter_string=f"tags.`mlflow.parentRunId` = '{evaluate_run}'", output_format="list")
+    assert sorted(r.data.tags["chatpack.flavour"] for r in children) == ["onnx", "transformers"]
+    for child in children:
+        model_id = child.data.tags["chatpack.model_uri"].removeprefix("models:/")
+        linked = mlflow.get_logged_model(model_id).metrics or []
+        assert {"row_score/mean", "rouge_l/mean", "tokens_per_s"} <= {m.key for m in linked}
+
+
+@pytest.mark.parametrize(
+    ("fast_quality", "slow_quality", "tolerance", "winner"),
+    [(0.80, 0.82, 0.05, "onnx"),  # faster and within tolerance
+     (0.70, 0.82, 0.05, "transformers"),  # faster but too much worse
+     (0.90, 0.82, 0.00, "onnx")],
+)
+def test_champion_rule_both_ways(fast_quality, slow_quality, tolerance, winner):
+    onnx = Contender("onnx", "models:/m-1", fast_quality, tokens_per_s=90.0)
+    tf = Contender("transformers", "models:/m-2", slow_quality, tokens_per_s=30.0)
+    decision = choose_champion(tf, onnx, tolerance)
+    assert decision.champion.name == winner
+    assert decision.challenger.name != winner
+    assert "3.00x faster" in decision.reason
+
+
+def _fake_step_run(entry_point: str, params: dict, version: str) -> str:
+    with mlflow.start_run() as run:
+        mlflow.log_params(logged_params(entry_point, params))
+        mlflow.set_tags({"mlflow.project.entryPoint": entry_point, CODE_VERSION_TAG: version})
+    return run.info.run_id
+
+
+def test_reuse_hits_only_on_same_params_as_logged_and_same_code(tmp_path):
+    experiment = mlflow.get_experiment_by_name("chatpack-tests").experiment_id
+    folder = str(tmp_path / "my models" / "chat model")  # spaces: MLflow stores it shell-quoted
+    params = {"model": folder, "precision": "int4"}
+    run_id = _fake_step_run("fetch_model", params, "files:abc")
+    stored = MlflowClient().get_run(run_id).data.params
+    assert stored["model"] == shlex.quote(folder) != folder
+    assert stored["revision"] == "main"  # defaults are logged too
+    assert find_reusable_run(experiment, "fetch_model", params, "files:abc").info.run_id == run_id
+    assert find_reusable_run(experiment, "fetch_model", {**params, "precision": "fp32"}, "files:abc") is None
+    assert find_reusable_run(experiment, "fetch_model", params, "files:other") is None
+    assert find_reusable_run(experiment, "log_onnx_pyfunc", {"fetch_run_id": run_id}, "files:abc") is None
+
+
+def test_code_version_changes_when_a_project_file_changes(tmp_path):
+    project = copy_project(tmp_path / "p")
+    before = code_version(project)
+    assert before.startswith("files:") and code_version(project) == before
+    (project / "chatpack" / "quality.py").write_text((project / "chatpack" / "quality.py").read_text() + "\n# x\n")
+    assert code_version(project) != before
+
+
+@pytest.mark.e2e
+def test_mlflow_run_main_chains_four_children_then_reuses_them_then_forces(tmp_path):
+    project = copy_project(tmp_path / "project")
+    params = {"model": FIXTURE_MODEL, "max_new_tokens": "4", "registered_model_name": "e2e-tiny"}
+
+    def last_main():
+        return mlflow.search_runs(filter_string="tags.`chatpack.step` = 'main'", order_by=["start_time DESC"],
+                                  max_results=1, output_format="list")[0]
+
+    first = mlflow_run(project, "main", params)
+    assert first.returncode == 0, first.stderr[-4000:]
+    parent = last_main()
+    children = mlflow.search_runs(filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  output_format="list")
+    assert sorted(c.data.tags["mlflow.project.entryPoint"] for c in children) == \
+        ["evaluate", "fetch_model", "log_onnx_pyfunc", "log_transformers"]
+    assert parent.data.metrics["steps_reused"] == 0
+    assert set(MlflowClient().get_registered_model("e2e-tiny").aliases) == {"champion", "challenger"}
+
+    second = mlflow_run(project, "main", params)
+    assert second.returncode == 0, second.stderr[-4000:]
+    rerun = last_main()
+    assert rerun.data.metrics["steps_reused"] == 4
+    assert rerun.data.tags["chatpack.run.evaluate"] == parent.data.tags["chatpack.run.evaluate"]
+
+    third = mlflow_run(project, "main", {**params, "force": "true"})
+    assert third.returncode == 0, third.stderr[-4000:]
+    forced = last_main()
+    assert forced.data.metrics["steps_reused"] == 0
+    assert forced.data.tags["chatpack.run.fetch_model"] != parent.data.tags["chatpack.run.fetch_model"]
