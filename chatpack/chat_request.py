@@ -14,7 +14,7 @@ MAX_STOP_SEQUENCES = 4
 MAX_N = 8
 # Fields a chat request may carry. The OpenAI fields we do not implement are refused by name, not ignored.
 CHAT_FIELDS = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop", "n",
-               "stream", "model", "user", "seed"}
+               "stream", "stream_options", "model", "user", "seed"}
 PROMPT_FIELDS = {"prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "n", "stream", "model", "seed"}
 
 

@@ -209,6 +209,7 @@ def tracking_server(tmp_path, monkeypatch):
 
     from tests.conftest import free_port, wait_for_http
 
+    previous_uri = mlflow.get_tracking_uri()
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -225,7 +226,7 @@ def tracking_server(tmp_path, monkeypatch):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        mlflow.set_tracking_uri(previous_uri)
 
 
 @pytest.mark.e2e

@@ -1,0 +1,243 @@
+"""An OpenAI-compatible HTTP server over any MLflow chat model, with token streaming.
+
+``POST /v1/chat/completions`` takes the OpenAI request body and answers a ``chat.completion`` object, or with
+``"stream": true`` Server-Sent Events of ``chat.completion.chunk`` objects ending with ``data: [DONE]`` (driven by the
+model's ``predict_stream``; a model without one sends its whole reply as one chunk). ``GET /v1/models`` lists the
+served model, ``GET /health`` says whether it is loaded. Errors use OpenAI's shape ``{"error": {"message", "type",
+"param", "code"}}``: 400 for bad requests (naming the field), 404 unknown route, 429 when the bounded queue is full,
+503 while the model loads.
+
+One model copy serves all requests; generation runs on one worker thread, in arrival order. At most ``queue_size``
+requests are admitted (running plus waiting); more get 429 at once rather than piling up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatpack.chat_request import ChatRequest, RequestError, parse_request
+from chatpack.openai_format import chat_chunk
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 16
+_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_exceeded",
+                500: "server_error", 503: "service_unavailable"}
+
+
+def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+    code = _ERROR_TYPES.get(status, "error")
+    return JSONResponse({"error": {"message": message, "type": code, "param": param, "code": code}}, status)
+
+
+def served_name(model_uri: str) -> str:
+    """``models:/name@alias`` and ``models:/name/3`` serve as ``name``; other URIs by their last path part."""
+    if model_uri.startswith("models:/"):
+        rest = model_uri.removeprefix("models:/")
+        return rest.split("@")[0].split("/")[0]
+    return model_uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+class ServedModel:
+    """The loaded pyfunc model, its admission counter and its single generation thread."""
+
+    def __init__(self, model_uri: str, queue_size: int = DEFAULT_QUEUE_SIZE):
+        if queue_size < 1:
+            raise ValueError(f"queue_size: must be >= 1, got {queue_size}")
+        self.model_uri, self.name, self.queue_size = model_uri, served_name(model_uri), queue_size
+        self.model: Any = None
+        self.streamable = False
+        self.load_error: str | None = None
+        self.in_flight = 0
+        self._count_lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+
+    def load(self) -> None:
+        import mlflow
+
+        try:
+            start = time.perf_counter()
+            self.model = mlflow.pyfunc.load_model(self.model_uri)
+            pyfunc_conf = self.model.metadata.flavors.get("python_function", {})
+            self.streamable = bool(pyfunc_conf.get("streamable"))
+            logger.info("Loaded %s in %.1f s (streaming: %s)", self.model_uri, time.perf_counter() - start,
+                        self.streamable)
+        except Exception as exc:  # reported by /health and 503s, not a crash
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("Loading %s failed", self.model_uri)
+
+    def admit(self) -> bool:
+        with self._count_lock:
+            if self.in_flight >= self.queue_size:
+                return False
+            self.in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._count_lock:
+            self.in_flight -= 1
+
+
+def model_payload(request: ChatRequest) -> dict[str, Any]:
+    """The pyfunc input: the messages plus only the options the caller set."""
+    o = request.options
+    payload: dict[str, Any] = {"messages": request.messages}
+    for key, value in (("max_tokens", o.max_tokens), ("temperature", o.temperature), ("top_p", o.top_p),
+                       ("top_k", o.top_k), ("seed", o.seed)):
+        if value is not None:
+            payload[key] = value
+    if o.stop:
+        payload["stop"] = list(o.stop)
+    if o.n != 1:
+        payload["n"] = o.n
+    return payload
+
+
+def _as_error(exc: Exception) -> JSONResponse:
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException) and exc.get_http_status_code() == 400:
+        message = exc.message
+        param = message.split(":", 1)[0].split("[")[0].split(".")[0] if ":" in message else None
+        return error_response(400, message, param if param and " " not in param else None)
+    logger.exception("generation failed", exc_info=exc)
+    return error_response(500, f"generation failed: {type(exc).__name__}")
+
+
+def _whole_reply_chunks(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """A non-streaming model's reply as role, content and finish chunks."""
+    choice = reply["choices"][0]
+    cid, created = reply.get("id", "chatcmpl-0"), int(reply.get("created", time.time()))
+    return [chat_chunk(cid, name, created, {"role": "assistant", "content": ""}),
+            chat_chunk(cid, name, created, {"content": choice["message"]["content"] or ""}),
+            chat_chunk(cid, name, created, {}, choice.get("finish_reason", "stop"), reply.get("usage"))]
+
+
+def create_app(served: ServedModel, load_in_background: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if load_in_background and served.model is None:
+            threading.Thread(target=served.load, name="load-model", daemon=True).start()
+        yield
+        served.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="chatpack OpenAI-compatible server", docs_url=None, redoc_url=None, lifespan=lifespan)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = "unknown route" if exc.status_code == 404 else str(exc.detail)
+        return error_response(exc.status_code, f"{message}: {request.method} {request.url.path}")
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        status = "ok" if served.model is not None else ("error" if served.load_error else "loading")
+        body = {"status": status, "model": served.name, "in_flight": served.in_flight, "error": served.load_error}
+        return JSONResponse(body, 200 if status == "ok" else 503)
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [
+            {"id": served.name, "object": "model", "created": 0, "owned_by": "mlflow", "root": served.model_uri}]})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        if served.model is None:
+            return error_response(503, "model is loading" if not served.load_error else served.load_error)
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError as exc:
+            return error_response(400, f"request body: not valid JSON ({exc})")
+        try:
+            chat = parse_request(body)
+            if chat.prompt is not None:
+                raise RequestError("prompt", "prompt: not a chat-completions field; send 'messages'")
+        except RequestError as exc:
+            return error_response(400, str(exc), exc.param)
+        if not served.admit():
+            return error_response(429, f"server busy: {served.queue_size} requests already queued; retry later")
+        payload = model_payload(chat)
+        if chat.stream:
+            return await _stream(payload, request)
+        loop = asyncio.get_running_loop()
+        try:
+            replies = await loop.run_in_executor(served.executor, served.model.predict, payload)
+        except Exception as exc:
+            return _as_error(exc)
+        finally:
+            served.release()
+        reply = dict(replies[0])
+        reply["model"] = served.name
+        return JSONResponse(reply)
+
+    async def _stream(payload: dict[str, Any], request: Request):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(item) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def produce() -> None:
+            try:
+                if served.streamable:
+                    chunks = served.model.predict_stream(payload)
+                    try:
+                        for chunk in chunks:
+                            if cancel.is_set():
+                                logger.info("client went away: generation stopped")
+                                break
+                            put(("chunk", chunk))
+                    finally:
+                        chunks.close()  # ends generation and frees the model for the next request
+                else:
+                    for chunk in _whole_reply_chunks(served.model.predict(payload)[0], served.name):
+                        put(("chunk", chunk))
+            except Exception as exc:
+                put(("error", exc))
+            finally:
+                served.release()
+                put(("done", None))
+
+        loop.run_in_executor(served.executor, produce)
+        first = await queue.get()  # errors before the first chunk become a plain 4xx/5xx response
+        if first[0] == "error":
+            await queue.get()
+            return _as_error(first[1])
+
+        async def events() -> AsyncIterator[str]:
+            item = first
+            try:
+                while item[0] != "done":
+                    if item[0] == "error":
+                        yield f"data: {json.dumps(json.loads(_as_error(item[1]).body))}\n\n"
+                    else:
+                        yield f"data: {json.dumps({**item[1], 'model': served.name})}\n\n"
+                    item = await queue.get()
+                yield "data: [DONE]\n\n"
+            finally:
+                cancel.set()  # the client disconnected, or we are done: either way stop generating
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    """Run the server until interrupted."""
+    import uvicorn
+
+    app = create_app(ServedModel(model_uri, queue_size))
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=30)

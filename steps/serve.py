@@ -1,0 +1,46 @@
+"""Entry point ``serve``: an OpenAI-compatible endpoint (``/v1/chat/completions`` with token streaming) over a logged
+chat model, beside the stock ``mlflow models serve``.
+
+Inputs (MLproject params, same names as the flags):
+  model_uri   any MLflow chat model: ``models:/<name>@champion``, ``models:/m-...``, ``runs:/<run>/<name>``
+  host, port  where to listen (default 127.0.0.1:8080; use 0.0.0.0 inside a container)
+  queue_size  requests admitted at once (running + waiting); more get HTTP 429
+
+Outputs: none logged; serves until interrupted. See chatpack/server.py for the routes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chatpack import cli
+from chatpack.server import DEFAULT_QUEUE_SIZE, ServedModel, serve
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model_uri", required=True, help="MLflow model URI, e.g. models:/my-chat@champion.")
+    p.add_argument("--host", default="127.0.0.1", help="Interface to bind (0.0.0.0 to listen on all).")
+    p.add_argument("--port", type=int, default=8080, help="TCP port.")
+    p.add_argument("--queue_size", type=int, default=DEFAULT_QUEUE_SIZE,
+                   help="Max requests admitted (running + waiting); more get HTTP 429.")
+    cli.add_verbose(p)
+    return p.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> None:
+    ServedModel(args.model_uri, args.queue_size)  # checks queue_size before binding the port
+    if not 0 < args.port < 65536:
+        raise ValueError(f"port: must be 1-65535, got {args.port}")
+    serve(args.model_uri, args.host, args.port, args.queue_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.verbose)
+    return cli.run_step(_run, args, (ValueError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

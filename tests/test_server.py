@@ -1,0 +1,222 @@
+"""The OpenAI-compatible server, driven by the official openai client against real servers on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import mlflow
+import openai
+import pytest
+import uvicorn
+from mlflow.tracking import MlflowClient
+from openai import OpenAI
+
+from chatpack.server import ServedModel, create_app
+from steps import log_onnx_pyfunc, log_transformers
+from tests.conftest import free_port, wait_for_http
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say something."}]
+
+
+def logged(step, fetch_run_id: str, *extra: str) -> str:
+    assert step.main(["--fetch_run_id", fetch_run_id, *extra]) == 0
+    return MlflowClient().get_run(mlflow.last_active_run().info.run_id).data.tags["chatpack.model_uri"]
+
+
+@contextlib.contextmanager
+def serve_cli(model_uri: str, *extra: str):
+    """`python -m steps.serve` in a subprocess, as users start it."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "steps.serve", "--model_uri", model_uri, "--port", str(port),
+                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def serve_in_thread(served: ServedModel, load: bool = True):
+    """The same app under uvicorn in this process, so a test can control loading."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(served, load_in_background=load), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def client(base: str) -> OpenAI:
+    return OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def raw(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def onnx_server(fixture_fetch_run):
+    uri = logged(log_onnx_pyfunc, fixture_fetch_run, "--max_new_tokens", "16")
+    with serve_cli(uri) as base:
+        yield base, uri
+
+
+def test_non_streaming_reply_is_a_chat_completion_object(onnx_server):
+    base, uri = onnx_server
+    reply = client(base).chat.completions.create(model="any", messages=MESSAGES, max_tokens=6)
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 6 and reply.usage.prompt_tokens > 0
+    assert reply.model == uri.removeprefix("models:/")
+
+
+def test_streamed_reply_joins_to_the_non_streamed_greedy_reply(onnx_server):
+    base, _ = onnx_server
+    api = client(base)
+    whole = api.chat.completions.create(model="any", messages=MESSAGES, max_tokens=12)
+    chunks = list(api.chat.completions.create(model="any", messages=MESSAGES, max_tokens=12, stream=True))
+    assert len(chunks) >= 4
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_stream_ends_with_done_over_raw_sse(onnx_server):
+    base, _ = onnx_server
+    body = json.dumps({"messages": MESSAGES, "max_tokens": 3, "stream": True}).encode()
+    request = urllib.request.Request(base + "/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        events = [ln for ln in resp.read().decode().split("\n\n") if ln]
+    assert events[-1] == "data: [DONE]"
+    assert all(e.startswith("data: {") for e in events[:-1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+        ({"messages": [{"role": "user", "content": 7}]}, "messages"),
+        ({"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
+        ({"messages": MESSAGES, "temperature": 3}, "temperature"),
+        ({"messages": MESSAGES, "top_p": 0}, "top_p"),
+        ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"messages": [{"role": "user", "content": "word " * 600}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "word " * 600}], "stream": True}, "messages"),
+    ],
+)
+def test_bad_requests_raise_bad_request_error_naming_the_field(onnx_server, kwargs, param):
+    base, _ = onnx_server
+    with pytest.raises(openai.BadRequestError) as err:
+        result = client(base).chat.completions.create(model="any", **kwargs)
+        list(result) if kwargs.get("stream") else None
+    assert err.value.status_code == 400
+    assert err.value.body["param"] == param
+    assert err.value.body["message"].startswith(param)
+
+
+def test_malformed_json_and_unknown_routes_use_openai_error_shape(onnx_server):
+    base, _ = onnx_server
+    status, body = raw("POST", base + "/v1/chat/completions", b"{not json")
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+    status, body = raw("GET", base + "/v1/nothing")
+    assert status == 404 and body["error"]["type"] == "not_found_error"
+    status, body = raw("POST", base + "/v1/chat/completions", json.dumps({"messages": MESSAGES, "extra": 1}).encode())
+    assert status == 400 and body["error"]["param"] == "extra"
+
+
+def test_models_route_lists_the_served_model(onnx_server):
+    base, uri = onnx_server
+    models = client(base).models.list()
+    assert [m.id for m in models.data] == [uri.removeprefix("models:/")]
+
+
+def test_transformers_flavour_is_served_too_with_one_chunk_streams(fixture_fetch_run):
+    uri = logged(log_transformers, fixture_fetch_run, "--max_new_tokens", "8")
+    with serve_cli(uri) as base:
+        api = client(base)
+        whole = api.chat.completions.create(model="any", messages=MESSAGES, max_tokens=5)
+        assert whole.usage.completion_tokens == 5
+        chunks = list(api.chat.completions.create(model="any", messages=MESSAGES, max_tokens=5, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+        assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_503_until_the_model_is_loaded(onnx_server):
+    _, uri = onnx_server
+    served = ServedModel(uri)
+    with serve_in_thread(served, load=False) as base:
+        status, body = raw("GET", base + "/health")
+        assert status == 503 and body["status"] == "loading"
+        with pytest.raises(openai.InternalServerError) as err:
+            client(base).chat.completions.create(model="any", messages=MESSAGES)
+        assert err.value.status_code == 503
+        served.load()
+        assert raw("GET", base + "/health")[0] == 200
+        assert client(base).chat.completions.create(model="any", messages=MESSAGES, max_tokens=2).choices
+
+
+@pytest.fixture(scope="module")
+def bundled_onnx_uri(bundled_fetch_run) -> str:
+    return logged(log_onnx_pyfunc, bundled_fetch_run, "--model_name", "smol-serve")
+
+
+LONG_REPLY = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
+
+
+@pytest.mark.bundled
+def test_full_queue_answers_429(bundled_onnx_uri):
+    with serve_in_thread(ServedModel(bundled_onnx_uri, queue_size=1)) as base:
+        wait_for_http(base + "/health", timeout=120)
+        stream = client(base).chat.completions.create(model="any", messages=LONG_REPLY, max_tokens=400, stream=True)
+        next(iter(stream))  # the first request is now generating and holds the only slot
+        with pytest.raises(openai.RateLimitError) as err:
+            client(base).chat.completions.create(model="any", messages=MESSAGES, max_tokens=2)
+        assert err.value.status_code == 429
+        stream.close()
+
+
+@pytest.mark.bundled
+def test_client_disconnect_stops_generation(bundled_onnx_uri):
+    served = ServedModel(bundled_onnx_uri)
+    with serve_in_thread(served) as base:
+        wait_for_http(base + "/health", timeout=120)
+        host, port = base.removeprefix("http://").split(":")
+        body = json.dumps({"messages": LONG_REPLY, "max_tokens": 400, "stream": True}).encode()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            received = b""
+            while b"chat.completion.chunk" not in received:
+                received += sock.recv(4096)
+            assert served.in_flight == 1
+        # 400 tokens take several seconds at this model's speed; a stopped generation frees the slot at once.
+        deadline = time.time() + 2.0
+        while served.in_flight and time.time() < deadline:
+            time.sleep(0.05)
+        assert served.in_flight == 0
