@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,7 +39,9 @@ def worker(engine: str, spec: dict[str, Any]) -> None:
             break
         ttft, total, n, text = impl.run(request["messages"], request["max_new"])
         print(json.dumps({"ttft": ttft, "total": total, "tokens": n, "text": text}), flush=True)
-    print(json.dumps({"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+    from chatpack.memory import peak_rss_mb
+
+    print(json.dumps({"max_rss_mb": peak_rss_mb()}), flush=True)
 
 
 class Worker:
@@ -49,6 +51,7 @@ class Worker:
                                       "--spec", json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
         self._read()
+        self.proc.send_signal(signal.SIGSTOP)
 
     def _read(self) -> dict[str, Any]:
         while True:
@@ -59,11 +62,18 @@ class Worker:
                 return json.loads(line)
 
     def ask(self, messages, max_new: int) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps({"messages": messages, "max_new": max_new}) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
+        """Only the engine being asked runs: the others are stopped (SIGSTOP), so idle threads of one engine
+        (OpenMP spin-waits in torch, say) cannot steal CPU from the one being timed."""
+        self.proc.send_signal(signal.SIGCONT)
+        try:
+            self.proc.stdin.write(json.dumps({"messages": messages, "max_new": max_new}) + "\n")
+            self.proc.stdin.flush()
+            return self._read()
+        finally:
+            self.proc.send_signal(signal.SIGSTOP)
 
     def close(self) -> float:
+        self.proc.send_signal(signal.SIGCONT)
         self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
         self.proc.stdin.flush()
         rss = self._read()["max_rss_mb"]

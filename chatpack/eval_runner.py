@@ -7,7 +7,6 @@ not compete for the CPU while being timed.
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -81,7 +80,9 @@ def _generate(model_uri: str, rows: list[dict[str, Any]], max_new_tokens: int, l
         results.append(asdict(RowResult(row["id"], choice["message"]["content"] or "", choice["finish_reason"],
                                         reply["usage"]["prompt_tokens"], reply["usage"]["completion_tokens"],
                                         latency, ttft)))
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from chatpack.memory import peak_rss_mb
+
+    rss_mb = peak_rss_mb()
     return {"rows": results, "load_s": load_s, "peak_rss_mb": rss_mb}
 
 
