@@ -29,6 +29,8 @@ class PipelineOptions:
     revision: str = "main"
     precision: str = "int4"
     execution_provider: str = "cpu"
+    block_size: int = 0
+    accuracy_level: int = 0
     registered_model_name: str = AUTO
     eval_data: str = ""
     max_new_tokens: int = 64
@@ -71,7 +73,8 @@ def run_pipeline(options: PipelineOptions) -> dict[str, str]:
     runs: dict[str, str] = {}
     runs["fetch_model"] = run_step("fetch_model", {
         "model": options.model, "revision": options.revision, "precision": options.precision,
-        "execution_provider": options.execution_provider}, options, experiment_id, reused)
+        "execution_provider": options.execution_provider, "block_size": options.block_size,
+        "accuracy_level": options.accuracy_level}, options, experiment_id, reused)
     runs["log_transformers"] = run_step("log_transformers", {"fetch_run_id": runs["fetch_model"]}, options,
                                         experiment_id, reused)
     runs["log_onnx_pyfunc"] = run_step("log_onnx_pyfunc", {"fetch_run_id": runs["fetch_model"]}, options,

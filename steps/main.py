@@ -1,7 +1,7 @@
 """Entry point ``main`` (the default): fetch, log both flavours, evaluate and crown a champion, in one run.
 
-Inputs (MLproject params, same names as the flags): ``model``, ``revision``, ``precision``, ``execution_provider``
-(as in ``fetch_model``), ``registered_model_name`` (``auto`` = derived from the model, e.g.
+Inputs (MLproject params, same names as the flags): ``model``, ``revision``, ``precision``, ``execution_provider``,
+``block_size``, ``accuracy_level`` (as in ``fetch_model``), ``registered_model_name`` (``auto`` = derived from the model, e.g.
 ``Phi-3-mini-4k-instruct-chat``; empty = no registry), ``eval_data``, ``max_new_tokens``, ``quality_tolerance``
 (as in ``evaluate``) and ``force`` (true = rerun every step).
 
@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--revision", default=d.revision, help="Hub branch, tag or commit (hub ids only).")
     p.add_argument("--precision", default=d.precision, help="ONNX precision: int4, int8, fp16 or fp32.")
     p.add_argument("--execution_provider", default=d.execution_provider, help="cpu or cuda.")
+    p.add_argument("--block_size", type=int, default=0, help="int4/int8 block size for the builder; 0 = default.")
+    p.add_argument("--accuracy_level", type=int, default=0, help="int4/int8 accuracy level; 0 = builder default.")
     p.add_argument("--registered_model_name", default=AUTO,
                    help="Registry name for champion/challenger; 'auto' derives it from the model; empty = none.")
     p.add_argument("--eval_data", default="", help="JSONL eval set; empty = the one shipped in data/.")
@@ -44,9 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _run(args: argparse.Namespace) -> None:
-    options = PipelineOptions(args.model, args.revision, args.precision, args.execution_provider,
-                              args.registered_model_name, args.eval_data, args.max_new_tokens,
-                              args.quality_tolerance, args.force)
+    options = PipelineOptions(args.model, args.revision, args.precision, args.execution_provider, args.block_size,
+                              args.accuracy_level, args.registered_model_name, args.eval_data,
+                              args.max_new_tokens, args.quality_tolerance, args.force)
     params = {k: v for k, v in vars(args).items() if k != "verbose"}
     params["force"] = str(args.force).lower()
     with step_run(STEP, params):
