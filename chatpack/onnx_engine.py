@@ -2,7 +2,9 @@
 
 One :class:`OnnxChatEngine` holds one ``og.Model`` and answers many requests, each with a fresh ``GeneratorParams``
 and ``Generator``. The bindings hold the GIL and are not documented as thread safe, so generation is serialised by a
-lock: concurrent callers queue and each gets its own, correct reply.
+lock. Greedy ``complete`` calls that arrive while the model is busy wait in a queue and are answered together in one
+batched generator (``chatpack.onnx_batch``): concurrent callers get the same replies as alone, at a higher total
+throughput. Streams and sampled requests run one at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatpack.chat_request import GenerationOptions, RequestError
+from chatpack.onnx_batch import Pending, generate_batch
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class Completion:
 
 
 class OnnxChatEngine:
-    def __init__(self, model_dir: str | Path, defaults: dict | None = None):
+    def __init__(self, model_dir: str | Path, defaults: dict | None = None, max_batch: int = 8):
         import onnxruntime_genai as og
 
         self._og = og
@@ -48,8 +51,13 @@ class OnnxChatEngine:
         self.context_length = int(config["context_length"])
         eos = config.get("eos_token_id", [])
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = int(config.get("pad_token_id", next(iter(self.eos_ids), 0)))
         self.defaults = dict(defaults or {})
-        self._lock = threading.Lock()
+        self.max_batch = max_batch
+        self._lock = threading.Lock()  # held while the model generates
+        self._queue_lock = threading.Lock()
+        self._queue: list[Pending] = []
+        self.stats = {"batches": 0, "largest_batch": 0}  # batched generators run, and the most rows in one
 
     # -- prompts ---------------------------------------------------------------------------------------------------
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
@@ -73,46 +81,92 @@ class OnnxChatEngine:
         Stop sequences are cut from the reply; text that might begin a stop sequence is held back until it is known
         not to, so a stop sequence never leaks into the stream.
         """
-        options = options.over(self.defaults)
-        self.check_fits(prompt_ids)  # before the first token is asked for: bad requests fail at the call
+        options, max_new = self._prepare(prompt_ids, options)  # bad requests fail here, at the call
         state = state if state is not None else StreamState(len(prompt_ids))
-        budget = self.context_length - len(prompt_ids)
-        max_new = min(options.max_tokens, budget) if options.max_tokens else budget
         return self._stream(prompt_ids, options, max_new, state)
+
+    def complete(self, prompt_ids: list[int], options: GenerationOptions) -> Completion:
+        """The whole reply. Greedy requests are queued and answered in batches with whoever else is waiting."""
+        options, max_new = self._prepare(prompt_ids, options)
+        if options.temperature or self.max_batch <= 1:
+            state = StreamState(len(prompt_ids))
+            text = "".join(self._stream(prompt_ids, options, max_new, state))
+            return Completion(text, state.finish_reason or "length", state.prompt_tokens, state.completion_tokens)
+        item = Pending(prompt_ids, options, max_new)
+        with self._queue_lock:
+            self._queue.append(item)
+        while not item.done.is_set():
+            with self._lock:  # whoever gets the model answers the queue's head, ours or not
+                if not item.done.is_set():
+                    with self._queue_lock:
+                        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+                    self._run_batch(batch)
+        if item.error is not None:
+            raise item.error
+        return Completion(item.text, item.finish_reason or "length", len(prompt_ids), item.completion_tokens)
+
+    def _prepare(self, prompt_ids: list[int], options: GenerationOptions) -> tuple[GenerationOptions, int]:
+        options = options.over(self.defaults)
+        self.check_fits(prompt_ids)
+        budget = self.context_length - len(prompt_ids)
+        return options, min(options.max_tokens, budget) if options.max_tokens else budget
+
+    def _run_batch(self, batch: list[Pending]) -> None:
+        """Answer ``batch`` (the caller holds the model lock); a row that cannot share the padded width runs alone."""
+        width = max(len(item.prompt_ids) for item in batch)
+        together = [item for item in batch if width + item.max_new <= self.context_length]
+        alone = [item for item in batch if item not in together]
+        groups = ([together] if len(together) > 1 else [[item] for item in together]) + [[item] for item in alone]
+        for group in groups:
+            try:
+                if len(group) == 1:
+                    item, state = group[0], StreamState(len(group[0].prompt_ids))
+                    item.text = "".join(self._generate(item.prompt_ids, item.options, item.max_new, state))
+                    item.finish_reason, item.completion_tokens = state.finish_reason, state.completion_tokens
+                else:
+                    generate_batch(self, group)
+                    self.stats["batches"] += 1
+                    self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
+            except Exception as exc:  # every waiting caller hears about it, none hangs
+                for item in group:
+                    item.error = exc
+            finally:
+                for item in group:
+                    item.done.set()
 
     def _stream(self, prompt_ids: list[int], options: GenerationOptions, max_new: int, state: StreamState
                 ) -> Iterator[str]:
         with self._lock:
-            generator = self._generator(prompt_ids, max_new, options)
-            decoder = self.tokenizer.create_stream()
-            text, emitted = "", 0
-            while not generator.is_done():
-                generator.generate_next_token()
-                token = int(generator.get_next_tokens()[0])
-                if token in self.eos_ids:
-                    state.finish_reason = "stop"
-                    break
-                state.completion_tokens += 1
-                text += decoder.decode(token)
-                cut = _find_stop(text, options.stop, emitted)
-                if cut is not None:
-                    if cut > emitted:
-                        yield text[emitted:cut]
-                    state.finish_reason = "stop"
-                    return
-                safe = len(text) - _held_back(text, options.stop)
-                if safe > emitted:
-                    yield text[emitted:safe]
-                    emitted = safe
-            if len(text) > emitted:
-                yield text[emitted:]
-            if state.finish_reason is None:
-                state.finish_reason = "length"
+            yield from self._generate(prompt_ids, options, max_new, state)
 
-    def complete(self, prompt_ids: list[int], options: GenerationOptions) -> Completion:
-        state = StreamState(len(prompt_ids))
-        text = "".join(self.stream(prompt_ids, options, state))
-        return Completion(text, state.finish_reason or "length", state.prompt_tokens, state.completion_tokens)
+    def _generate(self, prompt_ids: list[int], options: GenerationOptions, max_new: int, state: StreamState
+                  ) -> Iterator[str]:
+        """One request's generation loop; the caller holds the model lock."""
+        generator = self._generator(prompt_ids, max_new, options)
+        decoder = self.tokenizer.create_stream()
+        text, emitted = "", 0
+        while not generator.is_done():
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            if token in self.eos_ids:
+                state.finish_reason = "stop"
+                break
+            state.completion_tokens += 1
+            text += decoder.decode(token)
+            cut = _find_stop(text, options.stop, emitted)
+            if cut is not None:
+                if cut > emitted:
+                    yield text[emitted:cut]
+                state.finish_reason = "stop"
+                return
+            safe = len(text) - _held_back(text, options.stop)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        if len(text) > emitted:
+            yield text[emitted:]
+        if state.finish_reason is None:
+            state.finish_reason = "length"
 
     def _generator(self, prompt_ids: list[int], max_new: int, options: GenerationOptions):
         og = self._og

@@ -19,6 +19,7 @@ from chatpack.transformers_flavour import source_metadata
 
 logger = logging.getLogger(__name__)
 
+CONCURRENCY_KEY = "chatpack_concurrency"
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_CODE = PACKAGE_DIR / "onnx_model_code.py"
 
@@ -46,6 +47,8 @@ def log_onnx_model(
         "execution_provider": info["execution_provider"],
         "onnxruntime_genai_version": info["versions"]["onnxruntime-genai"],
         "builder_options": str(info["builder_options"]),
+        # Safe to call from many threads at once: greedy requests that meet are answered in one batch.
+        CONCURRENCY_KEY: "batched",
     }
     start = time.perf_counter()
     model_info = mlflow.pyfunc.log_model(

@@ -7,8 +7,10 @@ served model, ``GET /health`` says whether it is loaded. Errors use OpenAI's sha
 "param", "code"}}``: 400 for bad requests (naming the field), 404 unknown route, 429 when the bounded queue is full,
 503 while the model loads.
 
-One model copy serves all requests; generation runs on one worker thread, in arrival order. At most ``queue_size``
-requests are admitted (running plus waiting); more get 429 at once rather than piling up.
+One model copy serves all requests. Models that declare themselves safe for concurrent calls (the ONNX flavour,
+metadata ``chatpack_concurrency: batched``) get every admitted request at once and batch the ones that meet; other
+models run one request at a time, in arrival order. At most ``queue_size`` requests are admitted (running plus
+waiting); more get 429 at once rather than piling up.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class ServedModel:
         self.load_error: str | None = None
         self.in_flight = 0
         self._count_lock = threading.Lock()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self._serial = threading.Lock()  # taken around each call unless the model handles concurrency itself
+        self.executor = ThreadPoolExecutor(max_workers=queue_size, thread_name_prefix="generate")
 
     def load(self) -> None:
         import mlflow
@@ -72,11 +75,17 @@ class ServedModel:
             self.model = mlflow.pyfunc.load_model(self.model_uri)
             pyfunc_conf = self.model.metadata.flavors.get("python_function", {})
             self.streamable = bool(pyfunc_conf.get("streamable"))
-            logger.info("Loaded %s in %.1f s (streaming: %s)", self.model_uri, time.perf_counter() - start,
-                        self.streamable)
+            if (self.model.metadata.metadata or {}).get("chatpack_concurrency") == "batched":
+                self._serial = contextlib.nullcontext()
+            logger.info("Loaded %s in %.1f s (streaming: %s, concurrent: %s)", self.model_uri,
+                        time.perf_counter() - start, self.streamable, isinstance(self._serial, contextlib.nullcontext))
         except Exception as exc:  # reported by /health and 503s, not a crash
             self.load_error = f"{type(exc).__name__}: {exc}"
             logger.exception("Loading %s failed", self.model_uri)
+
+    def predict(self, payload: dict[str, Any]) -> list[Any]:
+        with self._serial:
+            return self.model.predict(payload)
 
     def admit(self) -> bool:
         with self._count_lock:
@@ -169,10 +178,10 @@ def create_app(served: ServedModel, load_in_background: bool = True) -> FastAPI:
             return error_response(429, f"server busy: {served.queue_size} requests already queued; retry later")
         payload = model_payload(chat)
         if chat.stream:
-            return await _stream(payload, request)
+            return await _stream(payload)
         loop = asyncio.get_running_loop()
         try:
-            replies = await loop.run_in_executor(served.executor, served.model.predict, payload)
+            replies = await loop.run_in_executor(served.executor, served.predict, payload)
         except Exception as exc:
             return _as_error(exc)
         finally:
@@ -181,7 +190,7 @@ def create_app(served: ServedModel, load_in_background: bool = True) -> FastAPI:
         reply["model"] = served.name
         return JSONResponse(reply)
 
-    async def _stream(payload: dict[str, Any], request: Request):
+    async def _stream(payload: dict[str, Any]):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -191,19 +200,20 @@ def create_app(served: ServedModel, load_in_background: bool = True) -> FastAPI:
 
         def produce() -> None:
             try:
-                if served.streamable:
-                    chunks = served.model.predict_stream(payload)
-                    try:
-                        for chunk in chunks:
-                            if cancel.is_set():
-                                logger.info("client went away: generation stopped")
-                                break
+                with served._serial:
+                    if served.streamable:
+                        chunks = served.model.predict_stream(payload)
+                        try:
+                            for chunk in chunks:
+                                if cancel.is_set():
+                                    logger.info("client went away: generation stopped")
+                                    break
+                                put(("chunk", chunk))
+                        finally:
+                            chunks.close()  # ends generation and frees the model for the next request
+                    else:
+                        for chunk in _whole_reply_chunks(served.model.predict(payload)[0], served.name):
                             put(("chunk", chunk))
-                    finally:
-                        chunks.close()  # ends generation and frees the model for the next request
-                else:
-                    for chunk in _whole_reply_chunks(served.model.predict(payload)[0], served.name):
-                        put(("chunk", chunk))
             except Exception as exc:
                 put(("error", exc))
             finally:

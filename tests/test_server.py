@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import openai
@@ -220,3 +221,26 @@ def test_client_disconnect_stops_generation(bundled_onnx_uri):
         while served.in_flight and time.time() < deadline:
             time.sleep(0.05)
         assert served.in_flight == 0
+
+
+def test_concurrent_requests_meet_in_one_batch_with_their_solo_replies(onnx_server):
+    _, uri = onnx_server
+    served = ServedModel(uri, queue_size=8)
+    with serve_in_thread(served) as base:
+        wait_for_http(base + "/health", timeout=120)
+        engine = served.model._model_impl.python_model.engine  # the ONNX flavour's engine inside the pyfunc
+        prompts = [[{"role": "user", "content": f"Question {i}: tell me something."}] for i in range(6)]
+        api = client(base)
+        solo = [api.chat.completions.create(model="m", messages=p, max_tokens=10).choices[0].message.content
+                for p in prompts]
+        before = engine.stats["batches"]
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            with engine._lock:  # keep the model busy until all six have queued
+                futures = [pool.submit(api.chat.completions.create, model="m", messages=p, max_tokens=10)
+                           for p in prompts]
+                deadline = time.time() + 20
+                while len(engine._queue) < 6 and time.time() < deadline:
+                    time.sleep(0.01)
+            replies = [f.result().choices[0].message.content for f in futures]
+        assert replies == solo
+        assert engine.stats["batches"] == before + 1 and engine.stats["largest_batch"] == 6
