@@ -24,6 +24,7 @@ demo: setup
 	$(BIN)/mlflow run . --env-manager local -P model=bundled:smollm2-135m-instruct
 
 test: setup
+	$(BIN)/ruff check chatpack steps tests benchmarks
 	$(BIN)/python -m pytest
 
 clean:

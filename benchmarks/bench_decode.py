@@ -82,7 +82,8 @@ class Worker:
 
 
 def summarize(samples: list[dict[str, Any]], rss: float) -> dict[str, Any]:
-    decode = [(s["tokens"] - 1) / (s["total"] - s["ttft"]) for s in samples if s["ttft"] is not None and s["tokens"] > 1]
+    decode = [(s["tokens"] - 1) / (s["total"] - s["ttft"]) for s in samples
+              if s["ttft"] is not None and s["tokens"] > 1]
     return {
         "decode_tokens_per_s": statistics.median(decode) if decode else None,
         "ttft_s": statistics.median([s["ttft"] for s in samples]) if decode else None,

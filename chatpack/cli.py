@@ -29,8 +29,12 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="Debug logging.")
 
 
-def run_step(body, args: argparse.Namespace, expected: tuple[type[BaseException], ...]) -> int:
-    """Run a step body; an expected input error becomes one line on stderr and exit code 2, not a stack trace."""
+def run_step(parse_args, body, argv: list[str] | None, expected: tuple[type[BaseException], ...] = (ValueError,)
+             ) -> int:
+    """A step's ``main``: parse flags, configure logging, run the body. An expected input error becomes one line
+    on stderr and exit code 2, not a stack trace."""
+    args = parse_args(argv)
+    setup_logging(args.verbose)
     try:
         body(args)
     except expected as exc:

@@ -40,7 +40,8 @@ def check_build_options(precision: str, execution_provider: str, block_size: int
     if block_size and block_size not in BLOCK_SIZES:
         raise ValueError(f"block_size: {block_size} is not one of {BLOCK_SIZES} (0 = the builder's default)")
     if accuracy_level and accuracy_level not in ACCURACY_LEVELS:
-        raise ValueError(f"accuracy_level: {accuracy_level} is not one of {ACCURACY_LEVELS} (0 = the builder's default)")
+        raise ValueError(f"accuracy_level: {accuracy_level} is not one of {ACCURACY_LEVELS} "
+                         "(0 = the builder's default)")
     if precision in ("fp16", "fp32") and (block_size or accuracy_level):
         raise ValueError(f"block_size/accuracy_level: only apply to int4/int8, not precision={precision}")
 

@@ -56,7 +56,8 @@ def run_step(entry_point: str, params: dict[str, Any], options: PipelineOptions,
             reused[entry_point] = hit.info.run_id
             return hit.info.run_id
     logger.info("Running %s", entry_point)
-    submitted = mlflow.run(str(PROJECT_ROOT), entry_point=entry_point, parameters={k: str(v) for k, v in params.items()},
+    submitted = mlflow.run(str(PROJECT_ROOT), entry_point=entry_point,
+                           parameters={k: str(v) for k, v in params.items()},
                            env_manager="local", experiment_id=experiment_id, synchronous=True)
     return submitted.run_id
 

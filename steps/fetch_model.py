@@ -68,9 +68,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.verbose)
-    return cli.run_step(_run, args, (ValueError, BundledModelMissing, BuildError))
+    return cli.run_step(parse_args, _run, argv, (ValueError, BundledModelMissing, BuildError))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Entry point ``main`` (the default): fetch, log both flavours, evaluate and crown a champion, in one run.
 
 Inputs (MLproject params, same names as the flags): ``model``, ``revision``, ``precision``, ``execution_provider``,
-``block_size``, ``accuracy_level`` (as in ``fetch_model``), ``registered_model_name`` (``auto`` = derived from the model, e.g.
-``Phi-3-mini-4k-instruct-chat``; empty = no registry), ``eval_data``, ``max_new_tokens``, ``quality_tolerance``
-(as in ``evaluate``) and ``force`` (true = rerun every step).
+``block_size``, ``accuracy_level`` (as in ``fetch_model``), ``registered_model_name`` (``auto`` = derived from the
+model, e.g. ``Phi-3-mini-4k-instruct-chat``; empty = no registry), ``eval_data``, ``max_new_tokens``,
+``quality_tolerance`` (as in ``evaluate``) and ``force`` (true = rerun every step).
 
 Each step runs through ``mlflow.run(..., env_manager="local")`` as a child run of this one, passing only run ids. A
 step is skipped, and its earlier run reused, when a FINISHED run exists with the same entry point, the same
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from mlflow.exceptions import ExecutionException
 
 from chatpack import cli
 from chatpack.pipeline import AUTO, PipelineOptions, registry_name, run_pipeline
@@ -60,11 +62,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.verbose)
-    from mlflow.exceptions import ExecutionException
-
-    return cli.run_step(_run, args, (ValueError, ExecutionException))
+    return cli.run_step(parse_args, _run, argv, (ValueError, ExecutionException))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def isolated_tracking(tmp_path_factory):
 def run_fetch(*args: str) -> str:
     """Run the fetch_model step in-process; return its run id."""
     import mlflow
+
     from steps import fetch_model
 
     assert fetch_model.main(list(args)) == 0
@@ -76,7 +77,8 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
-def mlflow_run(project: Path, entry_point: str, params: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+def mlflow_run(project: Path, entry_point: str, params: dict[str, str], timeout: int = 900
+               ) -> subprocess.CompletedProcess:
     """`mlflow run <project> -e <entry_point> --env-manager local -P ...` in a subprocess with this session's store."""
     cmd = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point, "--env-manager", "local"]
     for key, value in params.items():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from chatpack.fetch import FetchOptions, fetch, fetched_model
 from chatpack.sources import SourceError, materialize, parse_source, validate_hf_folder
 from chatpack.tracking import StepInputError
 from steps import fetch_model
-from tests.conftest import BUNDLED_MODEL, FIXTURE_MODEL, copy_project, mlflow_run, run_fetch
+from tests.conftest import FIXTURE_MODEL, copy_project, mlflow_run, run_fetch
 
 
 def _generate(onnx_dir: Path, user: str, max_new: int) -> tuple[str, int]:

@@ -6,8 +6,14 @@ import importlib.metadata
 
 import yaml
 
-from chatpack.pins import ONNX_MODEL_PACKAGES, TRANSFORMERS_MODEL_PACKAGES, installed_pins, normalize, parse_pins, \
-    read_requirements
+from chatpack.pins import (
+    ONNX_MODEL_PACKAGES,
+    TRANSFORMERS_MODEL_PACKAGES,
+    installed_pins,
+    normalize,
+    parse_pins,
+    read_requirements,
+)
 from tests.conftest import ROOT
 
 
