@@ -52,20 +52,21 @@ def post(url: str, body: bytes | dict, timeout: float = 60) -> tuple[int, object
         return err.code, json.loads(err.read() or b"{}"), time.perf_counter() - start_t
 
 
-@pytest.fixture(scope="module")
-def onnx_endpoint(fixture_fetch_run):
-    proc, url = start(logged(log_onnx_pyfunc, fixture_fetch_run))
+def endpoint(step, fetch_run_id: str):
+    proc, url = start(logged(step, fetch_run_id))
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def onnx_endpoint(fixture_fetch_run):
+    yield from endpoint(log_onnx_pyfunc, fixture_fetch_run)
 
 
 @pytest.fixture(scope="module")
 def transformers_endpoint(fixture_fetch_run):
-    proc, url = start(logged(log_transformers, fixture_fetch_run))
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    yield from endpoint(log_transformers, fixture_fetch_run)
 
 
 @pytest.mark.parametrize("flavour", ["onnx", "transformers"])
