@@ -72,11 +72,11 @@ class ServedModel:
 
         try:
             start = time.perf_counter()
-            self.model = mlflow.pyfunc.load_model(self.model_uri)
-            pyfunc_conf = self.model.metadata.flavors.get("python_function", {})
-            self.streamable = bool(pyfunc_conf.get("streamable"))
-            if (self.model.metadata.metadata or {}).get("chatpack_concurrency") == "batched":
+            model = mlflow.pyfunc.load_model(self.model_uri)
+            self.streamable = bool(model.metadata.flavors.get("python_function", {}).get("streamable"))
+            if (model.metadata.metadata or {}).get("chatpack_concurrency") == "batched":
                 self._serial = contextlib.nullcontext()
+            self.model = model  # last: requests are admitted from here on
             logger.info("Loaded %s in %.1f s (streaming: %s, concurrent: %s)", self.model_uri,
                         time.perf_counter() - start, self.streamable, isinstance(self._serial, contextlib.nullcontext))
         except Exception as exc:  # reported by /health and 503s, not a crash
