@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from chatpack.chat_request import GenerationOptions
+from chatpack.stop_sequences import find_stop
 
 
 @dataclass
@@ -32,8 +33,6 @@ class Pending:
 
 def generate_batch(engine, batch: list[Pending]) -> None:
     """Answer every request of ``batch`` (greedy) in one generator; fills in each ``Pending``."""
-    from chatpack.onnx_engine import _find_stop
-
     og = engine._og
     width = max(len(item.prompt_ids) for item in batch)
     rows = np.array([item.prompt_ids + [engine.pad_id] * (width - len(item.prompt_ids)) for item in batch],
@@ -55,7 +54,7 @@ def generate_batch(engine, batch: list[Pending]) -> None:
             else:
                 item.completion_tokens += 1
                 item.text += decoders[i].decode(token)
-                cut = _find_stop(item.text, item.options.stop, 0)
+                cut = find_stop(item.text, item.options.stop)
                 if cut is not None:
                     item.text, item.finish_reason = item.text[:cut], "stop"
                 elif item.completion_tokens >= item.max_new:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from chatpack.chat_request import GenerationOptions, RequestError
 from chatpack.onnx_batch import Pending, generate_batch
+from chatpack.stop_sequences import find_stop, held_back
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +89,17 @@ class OnnxChatEngine:
     def complete(self, prompt_ids: list[int], options: GenerationOptions) -> Completion:
         """The whole reply. Greedy requests are queued and answered in batches with whoever else is waiting."""
         options, max_new = self._prepare(prompt_ids, options)
-        if options.temperature or self.max_batch <= 1:
-            state = StreamState(len(prompt_ids))
-            text = "".join(self._stream(prompt_ids, options, max_new, state))
-            return Completion(text, state.finish_reason or "length", state.prompt_tokens, state.completion_tokens)
         item = Pending(prompt_ids, options, max_new)
+        if options.temperature or self.max_batch <= 1:
+            with self._lock:
+                self._run_batch([item])
+        else:
+            self._answer_queued(item)
+        if item.error is not None:
+            raise item.error
+        return Completion(item.text, item.finish_reason or "length", len(prompt_ids), item.completion_tokens)
+
+    def _answer_queued(self, item: Pending) -> None:
         with self._queue_lock:
             self._queue.append(item)
         while not item.done.is_set():
@@ -101,9 +108,6 @@ class OnnxChatEngine:
                     with self._queue_lock:
                         batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
                     self._run_batch(batch)
-        if item.error is not None:
-            raise item.error
-        return Completion(item.text, item.finish_reason or "length", len(prompt_ids), item.completion_tokens)
 
     def _prepare(self, prompt_ids: list[int], options: GenerationOptions) -> tuple[GenerationOptions, int]:
         options = options.over(self.defaults)
@@ -114,8 +118,9 @@ class OnnxChatEngine:
     def _run_batch(self, batch: list[Pending]) -> None:
         """Answer ``batch`` (the caller holds the model lock); a row that cannot share the padded width runs alone."""
         width = max(len(item.prompt_ids) for item in batch)
-        together = [item for item in batch if width + item.max_new <= self.context_length]
-        alone = [item for item in batch if item not in together]
+        together, alone = [], []
+        for item in batch:
+            (together if width + item.max_new <= self.context_length else alone).append(item)
         groups = ([together] if len(together) > 1 else [[item] for item in together]) + [[item] for item in alone]
         for group in groups:
             try:
@@ -153,13 +158,13 @@ class OnnxChatEngine:
                 break
             state.completion_tokens += 1
             text += decoder.decode(token)
-            cut = _find_stop(text, options.stop, emitted)
+            cut = find_stop(text, options.stop, emitted)
             if cut is not None:
                 if cut > emitted:
                     yield text[emitted:cut]
                 state.finish_reason = "stop"
                 return
-            safe = len(text) - _held_back(text, options.stop)
+            safe = len(text) - held_back(text, options.stop)
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
@@ -187,22 +192,3 @@ class OnnxChatEngine:
         generator.append_tokens(prompt_ids)
         return generator
 
-
-def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
-    """Index where the earliest stop sequence starts in ``text`` (searching only where a new one can be), or None."""
-    if not stops:
-        return None
-    start = max(0, emitted - max(len(s) for s in stops))
-    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of a stop sequence."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest

@@ -46,11 +46,11 @@ def registry_name(model: str, requested: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") + "-chat"
 
 
-def run_step(entry_point: str, params: dict[str, Any], options: PipelineOptions, experiment_id: str,
+def run_step(entry_point: str, params: dict[str, Any], options: PipelineOptions, experiment_id: str, version: str,
              reused: dict[str, str], required_tags: dict[str, str] | None = None) -> str:
     """Reuse a finished identical run of ``entry_point`` or run it now as a child run; return its run id."""
     if not options.force:
-        hit = find_reusable_run(experiment_id, entry_point, params, code_version(), required_tags)
+        hit = find_reusable_run(experiment_id, entry_point, params, version, required_tags)
         if hit is not None:
             logger.info("Reusing %s run %s", entry_point, hit.info.run_id)
             reused[entry_point] = hit.info.run_id
@@ -70,22 +70,23 @@ def run_pipeline(options: PipelineOptions) -> dict[str, str]:
     eval_path = Path(options.eval_data) if options.eval_data else DEFAULT_EVAL_DATA
     if not eval_path.is_file():
         raise ValueError(f"eval_data: {eval_path} does not exist")
+    version = code_version()  # what the steps about to run will record; compared with finished runs' tags
     reused: dict[str, str] = {}
     runs: dict[str, str] = {}
     runs["fetch_model"] = run_step("fetch_model", {
         "model": options.model, "revision": options.revision, "precision": options.precision,
         "execution_provider": options.execution_provider, "block_size": options.block_size,
-        "accuracy_level": options.accuracy_level}, options, experiment_id, reused)
+        "accuracy_level": options.accuracy_level}, options, experiment_id, version, reused)
     runs["log_transformers"] = run_step("log_transformers", {"fetch_run_id": runs["fetch_model"]}, options,
-                                        experiment_id, reused)
+                                        experiment_id, version, reused)
     runs["log_onnx_pyfunc"] = run_step("log_onnx_pyfunc", {"fetch_run_id": runs["fetch_model"]}, options,
-                                       experiment_id, reused)
+                                       experiment_id, version, reused)
     runs["evaluate"] = run_step("evaluate", {
         "transformers_run_id": runs["log_transformers"], "onnx_run_id": runs["log_onnx_pyfunc"],
         "eval_data": options.eval_data, "max_new_tokens": options.max_new_tokens,
         "registered_model_name": registry_name(options.model, options.registered_model_name),
         "quality_tolerance": options.quality_tolerance,
-    }, options, experiment_id, reused, required_tags={EVAL_DATA_TAG: sha256_file(eval_path)})
+    }, options, experiment_id, version, reused, required_tags={EVAL_DATA_TAG: sha256_file(eval_path)})
     mlflow.set_tags({f"chatpack.run.{step}": run_id for step, run_id in runs.items()})
     mlflow.set_tag("chatpack.reused_steps", ",".join(reused) or "none")
     mlflow.log_metric("steps_reused", len(reused))

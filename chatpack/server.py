@@ -53,7 +53,7 @@ def served_name(model_uri: str) -> str:
 
 
 class ServedModel:
-    """The loaded pyfunc model, its admission counter and its single generation thread."""
+    """The loaded pyfunc model, its admission counter and the threads that call it."""
 
     def __init__(self, model_uri: str, queue_size: int = DEFAULT_QUEUE_SIZE):
         if queue_size < 1:

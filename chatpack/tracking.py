@@ -12,6 +12,8 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from chatpack.reuse import CODE_VERSION_TAG, code_version
+
 logger = logging.getLogger(__name__)
 
 TAG_PREFIX = "chatpack."
@@ -26,8 +28,6 @@ class StepInputError(ValueError):
 @contextlib.contextmanager
 def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) the step's run, tag it and log its params once."""
-    from chatpack.reuse import CODE_VERSION_TAG, code_version
-
     with mlflow.start_run() as run:
         mlflow.set_tags({STEP_TAG: step, CODE_VERSION_TAG: code_version()})
         log_params_once(params)

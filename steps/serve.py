@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from chatpack import cli
-from chatpack.server import DEFAULT_QUEUE_SIZE, ServedModel, serve
+from chatpack.server import DEFAULT_QUEUE_SIZE, serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,7 +30,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _run(args: argparse.Namespace) -> None:
-    ServedModel(args.model_uri, args.queue_size)  # checks queue_size before binding the port
     if not 0 < args.port < 65536:
         raise ValueError(f"port: must be 1-65535, got {args.port}")
     serve(args.model_uri, args.host, args.port, args.queue_size)

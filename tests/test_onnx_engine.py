@@ -9,7 +9,8 @@ import pytest
 
 from chatpack.chat_request import GenerationOptions
 from chatpack.fetch import fetched_model
-from chatpack.onnx_engine import OnnxChatEngine, _held_back
+from chatpack.onnx_engine import OnnxChatEngine
+from chatpack.stop_sequences import held_back
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,6 @@ def test_sampled_requests_bypass_the_batch_and_stay_repeatable_with_a_seed(engin
 
 
 def test_held_back_text_is_the_longest_possible_start_of_a_stop_sequence():
-    assert _held_back("hello wor", ("world",)) == 3
-    assert _held_back("hello", ("xyz",)) == 0
-    assert _held_back("ab", ("abc", "b")) == 2
+    assert held_back("hello wor", ("world",)) == 3
+    assert held_back("hello", ("xyz",)) == 0
+    assert held_back("ab", ("abc", "b")) == 2
