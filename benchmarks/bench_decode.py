@@ -39,7 +39,7 @@ def worker(engine: str, spec: dict[str, Any]) -> None:
             break
         ttft, total, n, text = impl.run(request["messages"], request["max_new"])
         print(json.dumps({"ttft": ttft, "total": total, "tokens": n, "text": text}), flush=True)
-    from chatpack.memory import peak_rss_mb
+    from chatpack.evaluation.memory import peak_rss_mb
 
     print(json.dumps({"max_rss_mb": peak_rss_mb()}), flush=True)
 
@@ -114,8 +114,8 @@ def model_specs(args: argparse.Namespace) -> dict[str, Any]:
     """Local folders and model URIs; logs the two flavours into the current tracking store if not given."""
     import mlflow
 
-    from chatpack.bundled import bundled_gguf
-    from chatpack.fetch import fetched_model
+    from chatpack.sources.bundled import bundled_gguf
+    from chatpack.sources.fetch import fetched_model
     from steps import log_onnx_pyfunc, log_transformers
 
     fetched = fetched_model(args.fetch_run_id)

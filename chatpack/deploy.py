@@ -9,9 +9,10 @@ parameters and commands, with ``docker_env`` naming the image built from the roo
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from chatpack.project import PROJECT_ROOT
+
+ROOT = PROJECT_ROOT
 K8S_MLPROJECT = ROOT / "deploy" / "kubernetes" / "MLproject"
 DEFAULT_IMAGE = "phi3-mlflow-env:latest"
 _PYTHON_ENV_LINE = "python_env: python_env.yaml"

@@ -12,7 +12,7 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from chatpack.reuse import CODE_VERSION_TAG, code_version
+from chatpack.project import CODE_VERSION_TAG, code_version
 
 logger = logging.getLogger(__name__)
 

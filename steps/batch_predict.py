@@ -20,9 +20,9 @@ from pathlib import Path
 
 import mlflow
 
-from chatpack import cli
-from chatpack.eval_data import DEFAULT_EVAL_DATA
+from chatpack.evaluation.data import DEFAULT_EVAL_DATA
 from chatpack.tracking import step_run
+from steps import common
 
 STEP = "batch_predict"
 
@@ -34,12 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spark_master", default="local[2]", help="Spark master; empty = the cluster's own session.")
     p.add_argument("--max_tokens", type=int, default=64, help="Reply budget per prompt.")
     p.add_argument("--partitions", type=int, default=2, help="Spark partitions (parallel model copies).")
-    cli.add_verbose(p)
+    common.add_verbose(p)
     return p.parse_args(argv)
 
 
 def _run(args: argparse.Namespace) -> None:
-    from chatpack.batch import run_batch
+    from chatpack.serving.spark_batch import run_batch
 
     if args.max_tokens <= 0:
         raise ValueError(f"max_tokens: must be a positive integer, got {args.max_tokens}")
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(parse_args, _run, argv)
+    return common.run_main(parse_args, _run, argv)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import mlflow
 
-from chatpack import cli
-from chatpack.eval_data import DEFAULT_EVAL_DATA, load_eval_rows
-from chatpack.evaluation import EVAL_DATA_TAG, evaluate_and_log, resolve_model_uri
-from chatpack.sources import sha256_file
+from chatpack.evaluation.data import DEFAULT_EVAL_DATA, load_eval_rows
+from chatpack.evaluation.evaluate import EVAL_DATA_TAG, evaluate_and_log, resolve_model_uri
+from chatpack.sources.resolve import sha256_file
 from chatpack.tracking import step_run
+from steps import common
 
 STEP = "evaluate"
 
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--registered_model_name", default="", help="Register both and set aliases; empty = no registry.")
     p.add_argument("--quality_tolerance", type=float, default=0.05,
                    help="Max quality-score deficit (0-1) the faster flavour may have and still be champion.")
-    cli.add_verbose(p)
+    common.add_verbose(p)
     return p.parse_args(argv)
 
 
@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(parse_args, _run, argv, (ValueError, FileNotFoundError))
+    return common.run_main(parse_args, _run, argv, (ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ import argparse
 import logging
 import sys
 
-from chatpack import cli
-from chatpack.bundled import BundledModelMissing
-from chatpack.fetch import STEP, FetchOptions, fetch, log_fetch
-from chatpack.onnx_build import ACCURACY_LEVELS, BLOCK_SIZES, EXECUTION_PROVIDERS, PRECISIONS, BuildError
+from chatpack.build.onnx_builder import ACCURACY_LEVELS, BLOCK_SIZES, EXECUTION_PROVIDERS, PRECISIONS, BuildError
+from chatpack.sources.bundled import BundledModelMissing
+from chatpack.sources.fetch import STEP, FetchOptions, fetch, log_fetch
 from chatpack.tracking import step_run
+from steps import common
 
 logger = logging.getLogger("chatpack.steps.fetch_model")
 
@@ -41,13 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="Precision of the ONNX form.")
     p.add_argument("--execution_provider", default=d.execution_provider, choices=EXECUTION_PROVIDERS,
                    help="Execution provider the ONNX form is built for.")
-    p.add_argument("--trust_remote_code", type=cli.str2bool, default=d.trust_remote_code,
+    p.add_argument("--trust_remote_code", type=common.str2bool, default=d.trust_remote_code,
                    help="Allow custom modelling code from the model repository (true/false).")
     p.add_argument("--block_size", type=int, default=d.block_size,
                    help=f"int4/int8 block size, one of {BLOCK_SIZES}; 0 = builder default (32).")
     p.add_argument("--accuracy_level", type=int, default=d.accuracy_level,
                    help=f"int4/int8 MatMul accuracy level, one of {ACCURACY_LEVELS}; 0 = builder default.")
-    cli.add_verbose(p)
+    common.add_verbose(p)
     return p.parse_args(argv)
 
 
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(parse_args, _run, argv, (ValueError, BundledModelMissing, BuildError))
+    return common.run_main(parse_args, _run, argv, (ValueError, BundledModelMissing, BuildError))
 
 
 if __name__ == "__main__":

@@ -19,29 +19,28 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chatpack import cli
-from chatpack.generation import GenerationDefaults
-from chatpack.model_step import add_model_args, log_model_step
-from chatpack.onnx_flavour import log_onnx_model
+from chatpack.flavours.model_config import GenerationDefaults
+from chatpack.flavours.onnx_chat.log_model import log_onnx_model
+from steps import common
 
 STEP = "log_onnx_pyfunc"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_args(p, default_name="chat-onnx")
-    cli.add_verbose(p)
+    common.add_model_args(p, default_name="chat-onnx")
+    common.add_verbose(p)
     return p.parse_args(argv)
 
 
 def _run(args: argparse.Namespace) -> None:
     defaults = GenerationDefaults(args.max_new_tokens, args.temperature, args.top_p)
-    log_model_step(STEP, args, defaults, {},
+    common.log_model_step(STEP, args, defaults, {},
                    lambda fetched: log_onnx_model(fetched, args.model_name, defaults, args.registered_model_name))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(parse_args, _run, argv)
+    return common.run_main(parse_args, _run, argv)
 
 
 if __name__ == "__main__":

@@ -19,34 +19,33 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chatpack import cli
-from chatpack.generation import GenerationDefaults
-from chatpack.model_step import add_model_args, log_model_step
-from chatpack.transformers_flavour import log_transformers_model
+from chatpack.flavours.model_config import GenerationDefaults
+from chatpack.flavours.transformers_chat import log_transformers_model
+from steps import common
 
 STEP = "log_transformers"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_args(p, default_name="chat-transformers")
-    p.add_argument("--do_sample", type=cli.optional_bool, default=None,
+    common.add_model_args(p, default_name="chat-transformers")
+    p.add_argument("--do_sample", type=common.optional_bool, default=None,
                    help="Sample (true) or decode greedily (false); empty = sample only if temperature > 0.")
-    p.add_argument("--save_pretrained", type=cli.str2bool, default=True,
+    p.add_argument("--save_pretrained", type=common.str2bool, default=True,
                    help="true: copy weights into the model; false: reference the hub repo and commit only.")
-    cli.add_verbose(p)
+    common.add_verbose(p)
     return p.parse_args(argv)
 
 
 def _run(args: argparse.Namespace) -> None:
     defaults = GenerationDefaults(args.max_new_tokens, args.temperature, args.top_p, args.do_sample)
-    log_model_step(STEP, args, defaults, {"save_pretrained": str(args.save_pretrained).lower()},
+    common.log_model_step(STEP, args, defaults, {"save_pretrained": str(args.save_pretrained).lower()},
                    lambda fetched: log_transformers_model(fetched, args.model_name, defaults,
                                                           args.registered_model_name, args.save_pretrained))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(parse_args, _run, argv)
+    return common.run_main(parse_args, _run, argv)
 
 
 if __name__ == "__main__":

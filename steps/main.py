@@ -20,9 +20,9 @@ import sys
 
 from mlflow.exceptions import ExecutionException
 
-from chatpack import cli
-from chatpack.pipeline import AUTO, PipelineOptions, registry_name, run_pipeline
+from chatpack.pipeline.chain import AUTO, PipelineOptions, registry_name, run_pipeline
 from chatpack.tracking import step_run
+from steps import common
 
 STEP = "main"
 
@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens, help="Reply budget per eval prompt.")
     p.add_argument("--quality_tolerance", type=float, default=d.quality_tolerance,
                    help="Max quality deficit (0-1) the faster flavour may have and still win.")
-    p.add_argument("--force", type=cli.str2bool, default=False, help="true: rerun every step, reuse nothing.")
-    cli.add_verbose(p)
+    p.add_argument("--force", type=common.str2bool, default=False, help="true: rerun every step, reuse nothing.")
+    common.add_verbose(p)
     return p.parse_args(argv)
 
 
@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(parse_args, _run, argv, (ValueError, ExecutionException))
+    return common.run_main(parse_args, _run, argv, (ValueError, ExecutionException))
 
 
 if __name__ == "__main__":

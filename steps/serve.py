@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chatpack import cli
-from chatpack.server import DEFAULT_QUEUE_SIZE, serve
+from chatpack.serving.openai_server import DEFAULT_QUEUE_SIZE, serve
+from steps import common
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8080, help="TCP port.")
     p.add_argument("--queue_size", type=int, default=DEFAULT_QUEUE_SIZE,
                    help="Max requests admitted (running + waiting); more get HTTP 429.")
-    cli.add_verbose(p)
+    common.add_verbose(p)
     return p.parse_args(argv)
 
 
@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(parse_args, _run, argv)
+    return common.run_main(parse_args, _run, argv)
 
 
 if __name__ == "__main__":

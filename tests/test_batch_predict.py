@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from chatpack.batch import read_prompts, score_in_process
-from chatpack.eval_data import DEFAULT_EVAL_DATA
+from chatpack.evaluation.data import DEFAULT_EVAL_DATA
+from chatpack.serving.spark_batch import read_prompts, score_in_process
 from steps import batch_predict, log_onnx_pyfunc
 
 pytestmark = pytest.mark.e2e

@@ -10,10 +10,12 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from chatpack.champion import Contender, choose_champion
-from chatpack.eval_data import DEFAULT_EVAL_DATA, load_eval_rows
-from chatpack.quality import agreement, contains_reference, rule_pass_rate, score_row
-from chatpack.reuse import CODE_VERSION_TAG, code_version, find_reusable_run, logged_params
+from chatpack.evaluation.champion import Contender, choose_champion
+from chatpack.evaluation.data import DEFAULT_EVAL_DATA, load_eval_rows
+from chatpack.evaluation.quality import agreement, contains_reference, score_row
+from chatpack.evaluation.rules import rule_pass_rate
+from chatpack.pipeline.reuse import find_reusable_run, logged_params
+from chatpack.project import CODE_VERSION_TAG, code_version
 from steps import evaluate, log_onnx_pyfunc, log_transformers
 from tests.conftest import FIXTURE_MODEL, copy_project, mlflow_run
 
@@ -131,11 +133,17 @@ def test_reuse_hits_only_on_same_params_as_logged_and_same_code(tmp_path):
     assert find_reusable_run(experiment, "log_onnx_pyfunc", {"fetch_run_id": run_id}, "files:abc") is None
 
 
-def test_code_version_changes_when_a_project_file_changes(tmp_path):
-    project = copy_project(tmp_path / "p")
+@pytest.mark.parametrize("edited", ["chatpack/evaluation/quality.py", "chatpack/engine/stops.py",
+                                    "chatpack/flavours/onnx_chat/pyfunc_model.py", "chatpack/project.py",
+                                    "steps/common.py", "data/eval_prompts.jsonl"])
+def test_code_version_changes_when_a_file_in_any_subpackage_changes(tmp_path, edited):
+    project = copy_project(tmp_path / "p")  # a copy without .git: the version is a hash of the code files
     before = code_version(project)
     assert before.startswith("files:") and code_version(project) == before
-    (project / "chatpack" / "quality.py").write_text((project / "chatpack" / "quality.py").read_text() + "\n# x\n")
+    (project / "README.md").write_text("docs are not code\n")
+    assert code_version(project) == before
+    path = project / edited
+    path.write_text(path.read_text() + "\n")
     assert code_version(project) != before
 
 

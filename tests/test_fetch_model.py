@@ -12,10 +12,11 @@ import onnxruntime_genai as og
 import pytest
 from mlflow.tracking import MlflowClient
 
-from chatpack import bundled, onnx_build
-from chatpack.cache import cache_root
-from chatpack.fetch import FetchOptions, fetch, fetched_model
-from chatpack.sources import SourceError, materialize, parse_source, validate_hf_folder
+from chatpack.build import onnx_builder as onnx_build
+from chatpack.sources import bundled
+from chatpack.sources.cache import cache_root
+from chatpack.sources.fetch import FetchOptions, fetch, fetched_model
+from chatpack.sources.resolve import SourceError, materialize, parse_source, validate_hf_folder
 from chatpack.tracking import StepInputError
 from steps import fetch_model
 from tests.conftest import FIXTURE_MODEL, copy_project, mlflow_run, run_fetch

@@ -18,8 +18,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from chatpack.fetch import fetched_model
 from chatpack.pins import ONNX_MODEL_PACKAGES, installed_pins
+from chatpack.sources.fetch import fetched_model
 from steps import log_onnx_pyfunc
 from tests.conftest import copy_project, free_port, mlflow_run, wait_for_http
 
@@ -170,10 +170,39 @@ def test_logged_model_is_code_plus_artifacts_with_no_pickle(onnx_model_uri):
     assert pickles == []
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # models-from-code, not cloudpickle
-    assert Path(flavor["model_code_path"]).name == "onnx_model_code.py"
-    assert (local / "onnx_model_code.py").is_file() and not (local / "python_model.pkl").exists()
-    assert (local / "code" / "chatpack" / "onnx_engine.py").is_file()
+    assert Path(flavor["model_code_path"]).name == "model_code.py"
+    assert (local / "model_code.py").is_file() and not (local / "python_model.pkl").exists()
     assert (local / "artifacts" / "onnx_model" / "genai_config.json").is_file()
+
+
+RUNTIME_PREFIXES = ("chatpack/protocol/", "chatpack/engine/")
+RUNTIME_SINGLES = {"chatpack/__init__.py", "chatpack/flavours/__init__.py", "chatpack/flavours/onnx_chat/__init__.py",
+                   "chatpack/flavours/onnx_chat/pyfunc_model.py"}
+
+
+def test_logged_model_carries_only_its_runtime_code(onnx_model_uri):
+    code = Path(mlflow.artifacts.download_artifacts(onnx_model_uri)) / "code"
+    carried = sorted(p.relative_to(code).as_posix() for p in code.rglob("*")
+                     if p.is_file() and "__pycache__" not in p.parts)
+    outside = [f for f in carried if f not in RUNTIME_SINGLES and not f.startswith(RUNTIME_PREFIXES)]
+    assert outside == []  # no server, Spark, evaluation, builder, sources or pipeline code
+    assert RUNTIME_SINGLES <= set(carried)
+    assert "chatpack/engine/chat_engine.py" in carried and "chatpack/protocol/chat_request.py" in carried
+
+
+def test_runtime_code_imports_nothing_outside_itself(onnx_model_uri, tmp_path):
+    """Import the model's code folder alone: every chatpack module comes from it, and none is missing."""
+    code = Path(mlflow.artifacts.download_artifacts(onnx_model_uri)) / "code"
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import chatpack.flavours.onnx_chat.pyfunc_model;"
+        "mods = {n: m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'chatpack'};"
+        "bad = [n for n, f in mods.items() if not f.startswith(sys.argv[1])];"
+        "assert not bad, bad; print(len(mods))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(code)], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) >= 5
 
 
 def test_model_records_source_precision_provider_and_runtime_version(onnx_model_uri, fixture_fetch_run):

@@ -11,8 +11,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from openai.types.chat import ChatCompletion
 
-from chatpack.fetch import fetched_model
 from chatpack.pins import TRANSFORMERS_MODEL_PACKAGES, installed_pins
+from chatpack.sources.fetch import fetched_model
 from steps import log_transformers
 from tests.conftest import copy_project, mlflow_run
 
@@ -148,7 +148,7 @@ def test_mlflow_run_log_transformers_end_to_end(tmp_path, fixture_fetch_run):
 
 
 def test_generation_defaults_decode_greedily_unless_sampling_is_asked_for():
-    from chatpack.generation import GenerationDefaults
+    from chatpack.flavours.model_config import GenerationDefaults
 
     assert GenerationDefaults(max_new_tokens=8).transformers_config() == {"max_new_tokens": 8, "do_sample": False}
     assert GenerationDefaults(temperature=0.0).transformers_config() == {"do_sample": False}

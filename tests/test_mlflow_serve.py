@@ -17,7 +17,7 @@ import transformers
 from mlflow.tracking import MlflowClient
 from openai.types.chat import ChatCompletion
 
-from chatpack.fetch import fetched_model
+from chatpack.sources.fetch import fetched_model
 from steps import log_onnx_pyfunc, log_transformers
 from tests.conftest import free_port, wait_for_http
 

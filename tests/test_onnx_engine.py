@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from chatpack.chat_request import GenerationOptions
-from chatpack.fetch import fetched_model
-from chatpack.onnx_engine import OnnxChatEngine
-from chatpack.stop_sequences import held_back
+from chatpack.engine.chat_engine import OnnxChatEngine
+from chatpack.engine.stops import held_back
+from chatpack.protocol.chat_request import GenerationOptions
+from chatpack.sources.fetch import fetched_model
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,12 @@
-"""Generation defaults a logged model carries in its ``model_config`` (a request's own options override them)."""
+"""What both flavours record when logged: generation defaults (``model_config``; a request's own options override
+them) and where the weights came from (model metadata)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from chatpack.sources.fetch import FetchedModel
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,18 @@ class GenerationDefaults:
         if self.do_sample is not None:
             raise ValueError("do_sample: the onnx flavour samples when temperature > 0; set temperature instead")
         return self.set_options()
+
+
+def source_metadata(fetched: FetchedModel) -> dict[str, str]:
+    """What a logged model records about where its weights came from."""
+    info = fetched.info
+    meta = {
+        "chatpack_fetch_run_id": fetched.run_id,
+        "source_kind": info["source_kind"],
+        "source_model": info["source"],
+        "source_revision": info["revision_resolved"],
+        "weights_sha256": ",".join(f"{k}={v}" for k, v in sorted(info["weights_sha256"].items())),
+    }
+    if info["source_kind"] == "fixture":
+        meta["test_fixture"] = "true: random weights, replies are noise"
+    return meta

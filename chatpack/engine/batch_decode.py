@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chatpack.chat_request import GenerationOptions
-from chatpack.stop_sequences import find_stop
+from chatpack.engine.stops import find_stop
+from chatpack.protocol.chat_request import GenerationOptions
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from chatpack.chat_request import ChatRequest, RequestError, parse_request
-from chatpack.onnx_engine import OnnxChatEngine, StreamState
-from chatpack.openai_format import chat_chunk, chat_completion, completion_id, usage
+from chatpack.engine.chat_engine import OnnxChatEngine, StreamState
+from chatpack.protocol.chat_request import ChatRequest, RequestError, parse_request
+from chatpack.protocol.replies import chat_chunk, chat_completion, completion_id, usage
 
 ONNX_ARTIFACT_KEY = "onnx_model"
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")

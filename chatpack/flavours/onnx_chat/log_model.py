@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -11,17 +13,37 @@ from mlflow.models import ModelSignature
 from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA, CHAT_MODEL_OUTPUT_SCHEMA
 from mlflow.types.schema import ColSpec, DataType, Schema
 
-from chatpack.fetch import FetchedModel
-from chatpack.generation import GenerationDefaults
-from chatpack.onnx_pyfunc import ONNX_ARTIFACT_KEY
+from chatpack.flavours.model_config import GenerationDefaults, source_metadata
+from chatpack.flavours.onnx_chat.pyfunc_model import ONNX_ARTIFACT_KEY
 from chatpack.pins import ONNX_MODEL_PACKAGES, installed_pins
-from chatpack.transformers_flavour import source_metadata
+from chatpack.sources.fetch import FetchedModel
 
 logger = logging.getLogger(__name__)
 
 CONCURRENCY_KEY = "chatpack_concurrency"
-PACKAGE_DIR = Path(__file__).resolve().parent
-MODEL_CODE = PACKAGE_DIR / "onnx_model_code.py"
+MODEL_CODE = Path(__file__).resolve().parent / "model_code.py"
+PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder holding ``chatpack/``
+# What a logged model runs, and nothing else: the request model and response shapes, the engine, the PythonModel.
+RUNTIME_PACKAGES = ("chatpack/protocol", "chatpack/engine")
+RUNTIME_FILES = ("chatpack/__init__.py", "chatpack/flavours/__init__.py", "chatpack/flavours/onnx_chat/__init__.py",
+                 "chatpack/flavours/onnx_chat/pyfunc_model.py")
+
+
+def runtime_files() -> list[str]:
+    """The model's code payload, as paths relative to :data:`PACKAGE_ROOT` (``.py`` files only)."""
+    files = set(RUNTIME_FILES)
+    for package in RUNTIME_PACKAGES:
+        files.update(p.relative_to(PACKAGE_ROOT).as_posix() for p in (PACKAGE_ROOT / package).glob("*.py"))
+    return sorted(files)
+
+
+def stage_runtime(dest: Path) -> Path:
+    """Copy the runtime payload into ``dest/chatpack`` (what the model's ``code/`` folder will hold); return it."""
+    for relative in runtime_files():
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PACKAGE_ROOT / relative, target)
+    return dest / "chatpack"
 
 
 def chat_or_prompt_signature() -> ModelSignature:
@@ -51,16 +73,22 @@ def log_onnx_model(
         CONCURRENCY_KEY: "batched",
     }
     start = time.perf_counter()
-    model_info = mlflow.pyfunc.log_model(
+    with tempfile.TemporaryDirectory(prefix="chatpack-runtime-") as staging:
+        model_info = _log(fetched, model_name, defaults, registered_model_name, metadata, stage_runtime(Path(staging)))
+    mlflow.log_metric("seconds_log_model", time.perf_counter() - start)
+    return model_info
+
+
+def _log(fetched: FetchedModel, model_name: str, defaults: GenerationDefaults, registered_model_name: str | None,
+         metadata: dict[str, str], runtime_dir: Path) -> mlflow.models.model.ModelInfo:
+    return mlflow.pyfunc.log_model(
         name=model_name,
         python_model=str(MODEL_CODE),
         artifacts={ONNX_ARTIFACT_KEY: str(fetched.onnx_dir)},
-        code_paths=[str(PACKAGE_DIR)],
-        model_config={"source_model": info["source"], **defaults.onnx_config()},
+        code_paths=[str(runtime_dir)],
+        model_config={"source_model": fetched.info["source"], **defaults.onnx_config()},
         signature=chat_or_prompt_signature(),
         pip_requirements=installed_pins(ONNX_MODEL_PACKAGES),
         metadata=metadata,
         registered_model_name=registered_model_name or None,
     )
-    mlflow.log_metric("seconds_log_model", time.perf_counter() - start)
-    return model_info

@@ -13,10 +13,11 @@ from typing import Any
 
 import mlflow
 
-from chatpack.eval_data import DEFAULT_EVAL_DATA
-from chatpack.evaluation import EVAL_DATA_TAG
-from chatpack.reuse import PROJECT_ROOT, code_version, find_reusable_run
-from chatpack.sources import sha256_file
+from chatpack.evaluation.data import DEFAULT_EVAL_DATA
+from chatpack.evaluation.evaluate import EVAL_DATA_TAG
+from chatpack.pipeline.reuse import find_reusable_run
+from chatpack.project import PROJECT_ROOT, code_version
+from chatpack.sources.resolve import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def registry_name(model: str, requested: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") + "-chat"
 
 
-def run_step(entry_point: str, params: dict[str, Any], options: PipelineOptions, experiment_id: str, version: str,
+def run_or_reuse(entry_point: str, params: dict[str, Any], options: PipelineOptions, experiment_id: str, version: str,
              reused: dict[str, str], required_tags: dict[str, str] | None = None) -> str:
     """Reuse a finished identical run of ``entry_point`` or run it now as a child run; return its run id."""
     if not options.force:
@@ -73,15 +74,15 @@ def run_pipeline(options: PipelineOptions) -> dict[str, str]:
     version = code_version()  # what the steps about to run will record; compared with finished runs' tags
     reused: dict[str, str] = {}
     runs: dict[str, str] = {}
-    runs["fetch_model"] = run_step("fetch_model", {
+    runs["fetch_model"] = run_or_reuse("fetch_model", {
         "model": options.model, "revision": options.revision, "precision": options.precision,
         "execution_provider": options.execution_provider, "block_size": options.block_size,
         "accuracy_level": options.accuracy_level}, options, experiment_id, version, reused)
-    runs["log_transformers"] = run_step("log_transformers", {"fetch_run_id": runs["fetch_model"]}, options,
+    runs["log_transformers"] = run_or_reuse("log_transformers", {"fetch_run_id": runs["fetch_model"]}, options,
                                         experiment_id, version, reused)
-    runs["log_onnx_pyfunc"] = run_step("log_onnx_pyfunc", {"fetch_run_id": runs["fetch_model"]}, options,
+    runs["log_onnx_pyfunc"] = run_or_reuse("log_onnx_pyfunc", {"fetch_run_id": runs["fetch_model"]}, options,
                                        experiment_id, version, reused)
-    runs["evaluate"] = run_step("evaluate", {
+    runs["evaluate"] = run_or_reuse("evaluate", {
         "transformers_run_id": runs["log_transformers"], "onnx_run_id": runs["log_onnx_pyfunc"],
         "eval_data": options.eval_data, "max_new_tokens": options.max_new_tokens,
         "registered_model_name": registry_name(options.model, options.registered_model_name),

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from chatpack.eval_data import EvalRow
+from chatpack.evaluation.data import EvalRow
 
 
 @dataclass
@@ -80,7 +80,7 @@ def _generate(model_uri: str, rows: list[dict[str, Any]], max_new_tokens: int, l
         results.append(asdict(RowResult(row["id"], choice["message"]["content"] or "", choice["finish_reason"],
                                         reply["usage"]["prompt_tokens"], reply["usage"]["completion_tokens"],
                                         latency, ttft)))
-    from chatpack.memory import peak_rss_mb
+    from chatpack.evaluation.memory import peak_rss_mb
 
     rss_mb = peak_rss_mb()
     return {"rows": results, "load_s": load_s, "peak_rss_mb": rss_mb}

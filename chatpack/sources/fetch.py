@@ -18,9 +18,9 @@ from typing import Any
 
 import mlflow
 
-from chatpack import onnx_build
-from chatpack.cache import atomic_dir, cache_key, cache_root, dir_bytes, is_complete, write_json_atomic
-from chatpack.sources import Materialized, materialize, parse_source, sha256_file, weight_files
+from chatpack.build import onnx_builder as onnx_build
+from chatpack.sources.cache import atomic_dir, cache_key, cache_root, dir_bytes, is_complete, write_json_atomic
+from chatpack.sources.resolve import Materialized, materialize, parse_source, sha256_file, weight_files
 from chatpack.tracking import TAG_PREFIX, finished_run, local_artifact_dir
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@
 
 ``id`` (unique), ``messages`` (an OpenAI chat conversation) and ``reference`` (the expected answer) are required;
 ``category`` (free text; ``instruction`` rows are scored by their rules, ``rewrite``/``summarise`` rows by ROUGE-L,
-others by whether the reply contains the reference) and ``rules`` (see :mod:`chatpack.quality`) are optional.
+others by whether the reply contains the reference) and ``rules`` (see :mod:`chatpack.evaluation.rules`) are optional.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chatpack.chat_request import parse_request
+from chatpack.evaluation.rules import RULES
+from chatpack.project import PROJECT_ROOT
+from chatpack.protocol.chat_request import parse_request
 
-DEFAULT_EVAL_DATA = Path(__file__).resolve().parents[1] / "data" / "eval_prompts.jsonl"
+DEFAULT_EVAL_DATA = PROJECT_ROOT / "data" / "eval_prompts.jsonl"
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,6 @@ class EvalRow:
 
 def load_eval_rows(path: str | Path) -> list[EvalRow]:
     """Read and validate a JSONL eval set; errors name the line and the field."""
-    from chatpack.quality import RULES
-
     rows, seen = [], set()
     lines = Path(path).read_text().splitlines()
     for number, line in enumerate(lines, start=1):

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatpack.chat_request import GenerationOptions, RequestError
-from chatpack.onnx_batch import Pending, generate_batch
-from chatpack.stop_sequences import find_stop, held_back
+from chatpack.engine.batch_decode import Pending, generate_batch
+from chatpack.engine.stops import find_stop, held_back
+from chatpack.protocol.chat_request import GenerationOptions, RequestError
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatpack import bundled, fixture
-from chatpack.cache import atomic_dir, cache_key, cache_root, is_complete
+from chatpack.sources import bundled, fixture
+from chatpack.sources.cache import atomic_dir, cache_key, cache_root, is_complete
 
 logger = logging.getLogger(__name__)
 

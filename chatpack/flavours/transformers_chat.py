@@ -10,28 +10,13 @@ from pathlib import Path
 
 import mlflow
 
-from chatpack.fetch import FetchedModel
-from chatpack.generation import GenerationDefaults
+from chatpack.flavours.model_config import GenerationDefaults, source_metadata
 from chatpack.pins import TRANSFORMERS_MODEL_PACKAGES, installed_pins
+from chatpack.sources.fetch import FetchedModel
 
 logger = logging.getLogger(__name__)
 
 TASK = "llm/v1/chat"
-
-
-def source_metadata(fetched: FetchedModel) -> dict[str, str]:
-    """What a logged model records about where its weights came from."""
-    info = fetched.info
-    meta = {
-        "chatpack_fetch_run_id": fetched.run_id,
-        "source_kind": info["source_kind"],
-        "source_model": info["source"],
-        "source_revision": info["revision_resolved"],
-        "weights_sha256": ",".join(f"{k}={v}" for k, v in sorted(info["weights_sha256"].items())),
-    }
-    if info["source_kind"] == "fixture":
-        meta["test_fixture"] = "true: random weights, replies are noise"
-    return meta
 
 
 @contextlib.contextmanager

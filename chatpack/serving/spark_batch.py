@@ -38,7 +38,7 @@ def spark_types():
 
 def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     """JSONL rows with ``messages`` (and optionally ``id``); the eval set format works as is."""
-    from chatpack.chat_request import RequestError, parse_request
+    from chatpack.protocol.chat_request import RequestError, parse_request
 
     rows = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):

@@ -29,8 +29,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatpack.chat_request import ChatRequest, RequestError, parse_request
-from chatpack.openai_format import chat_chunk
+from chatpack.protocol.chat_request import ChatRequest, RequestError, parse_request
+from chatpack.protocol.replies import chat_chunk
 
 logger = logging.getLogger(__name__)
 

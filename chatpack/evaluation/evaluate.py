@@ -16,9 +16,9 @@ import pandas as pd
 from mlflow.metrics import MetricValue
 from mlflow.models import make_metric
 
-from chatpack import quality
-from chatpack.eval_data import EvalRow
-from chatpack.eval_runner import FlavourRun, run_flavour
+from chatpack.evaluation import quality
+from chatpack.evaluation.data import EvalRow
+from chatpack.evaluation.runner import FlavourRun, run_flavour
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def evaluate_and_log(model_uris: dict[str, str], rows: list[EvalRow], eval_data:
     import tempfile
     from pathlib import Path
 
-    from chatpack import champion, report
+    from chatpack.evaluation import champion, report
 
     results = run_both(model_uris, rows, max_new_tokens)
     for result in results.values():

@@ -2,6 +2,6 @@
 
 import mlflow
 
-from chatpack.onnx_pyfunc import OnnxChatModel
+from chatpack.flavours.onnx_chat.pyfunc_model import OnnxChatModel
 
 mlflow.models.set_model(OnnxChatModel())

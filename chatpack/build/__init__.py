@@ -1,0 +1,1 @@
+"""Building the ONNX form of a transformers folder with the onnxruntime-genai model builder."""

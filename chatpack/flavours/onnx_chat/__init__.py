@@ -1,0 +1,1 @@
+"""The onnxruntime-genai chat pyfunc: the ``PythonModel`` (runtime), its models-from-code file, and its logging."""

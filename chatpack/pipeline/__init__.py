@@ -1,0 +1,1 @@
+"""The ``main`` entry point: chaining the steps with ``mlflow run`` and reusing finished ones."""
