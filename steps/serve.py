@@ -5,8 +5,10 @@ Inputs (MLproject params, same names as the flags):
   model_uri   any MLflow chat model: ``models:/<name>@champion``, ``models:/m-...``, ``runs:/<run>/<name>``
   host, port  where to listen (default 127.0.0.1:8080; use 0.0.0.0 inside a container)
   queue_size  requests admitted at once (running + waiting); more get HTTP 429
+  threads     compute threads for the model (ONNX: onnxruntime intra-op threads; transformers: torch threads);
+              0 = the runtime's default
 
-Outputs: none logged; serves until interrupted. See chatpack/server.py for the routes.
+Outputs: none logged; serves until interrupted. See chatpack/serving/openai_server.py for the routes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chatpack.serving.openai_server import DEFAULT_QUEUE_SIZE, serve
+from chatpack.serving.openai_server import serve
+from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE
 from steps import common
 
 
@@ -25,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8080, help="TCP port.")
     p.add_argument("--queue_size", type=int, default=DEFAULT_QUEUE_SIZE,
                    help="Max requests admitted (running + waiting); more get HTTP 429.")
+    p.add_argument("--threads", type=int, default=0,
+                   help="Compute threads for the model (onnxruntime intra-op / torch); 0 = the runtime's default.")
     common.add_verbose(p)
     return p.parse_args(argv)
 
@@ -32,7 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _run(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise ValueError(f"port: must be 1-65535, got {args.port}")
-    serve(args.model_uri, args.host, args.port, args.queue_size)
+    if args.threads < 0:
+        raise ValueError(f"threads: must be >= 0 (0 = the runtime's default), got {args.threads}")
+    serve(args.model_uri, args.host, args.port, args.queue_size, args.threads or None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,8 @@ import uvicorn
 from mlflow.tracking import MlflowClient
 from openai import OpenAI
 
-from chatpack.serving.openai_server import ServedModel, create_app
+from chatpack.serving.openai_server import create_app
+from chatpack.serving.served_model import ServedModel
 from steps import log_onnx_pyfunc, log_transformers
 from tests.conftest import free_port, wait_for_http
 

@@ -41,12 +41,18 @@ class Completion:
 
 
 class OnnxChatEngine:
-    def __init__(self, model_dir: str | Path, defaults: dict | None = None, max_batch: int = 8):
+    def __init__(self, model_dir: str | Path, defaults: dict | None = None, max_batch: int = 8,
+                 threads: int | None = None):
         import onnxruntime_genai as og
 
         self._og = og
         self.model_dir = Path(model_dir)
-        self.model = og.Model(str(model_dir))
+        config = og.Config(str(model_dir))
+        if threads:  # onnxruntime's intra-op threads for the decoder session; unset = onnxruntime's default
+            session = {"intra_op_num_threads": int(threads), "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
+        self.threads = threads
+        self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
         config = json.loads((self.model_dir / "genai_config.json").read_text())["model"]
         self.context_length = int(config["context_length"])

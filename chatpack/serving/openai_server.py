@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,10 +30,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatpack.protocol.chat_request import ChatRequest, RequestError, parse_request
 from chatpack.protocol.replies import chat_chunk
+from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE, ServedModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_QUEUE_SIZE = 16
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_exceeded",
                 500: "server_error", 503: "service_unavailable"}
 
@@ -42,61 +41,6 @@ _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate
 def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
     code = _ERROR_TYPES.get(status, "error")
     return JSONResponse({"error": {"message": message, "type": code, "param": param, "code": code}}, status)
-
-
-def served_name(model_uri: str) -> str:
-    """``models:/name@alias`` and ``models:/name/3`` serve as ``name``; other URIs by their last path part."""
-    if model_uri.startswith("models:/"):
-        rest = model_uri.removeprefix("models:/")
-        return rest.split("@")[0].split("/")[0]
-    return model_uri.rstrip("/").rsplit("/", 1)[-1]
-
-
-class ServedModel:
-    """The loaded pyfunc model, its admission counter and the threads that call it."""
-
-    def __init__(self, model_uri: str, queue_size: int = DEFAULT_QUEUE_SIZE):
-        if queue_size < 1:
-            raise ValueError(f"queue_size: must be >= 1, got {queue_size}")
-        self.model_uri, self.name, self.queue_size = model_uri, served_name(model_uri), queue_size
-        self.model: Any = None
-        self.streamable = False
-        self.load_error: str | None = None
-        self.in_flight = 0
-        self._count_lock = threading.Lock()
-        self._serial = threading.Lock()  # taken around each call unless the model handles concurrency itself
-        self.executor = ThreadPoolExecutor(max_workers=queue_size, thread_name_prefix="generate")
-
-    def load(self) -> None:
-        import mlflow
-
-        try:
-            start = time.perf_counter()
-            model = mlflow.pyfunc.load_model(self.model_uri)
-            self.streamable = bool(model.metadata.flavors.get("python_function", {}).get("streamable"))
-            if (model.metadata.metadata or {}).get("chatpack_concurrency") == "batched":
-                self._serial = contextlib.nullcontext()
-            self.model = model  # last: requests are admitted from here on
-            logger.info("Loaded %s in %.1f s (streaming: %s, concurrent: %s)", self.model_uri,
-                        time.perf_counter() - start, self.streamable, isinstance(self._serial, contextlib.nullcontext))
-        except Exception as exc:  # reported by /health and 503s, not a crash
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("Loading %s failed", self.model_uri)
-
-    def predict(self, payload: dict[str, Any]) -> list[Any]:
-        with self._serial:
-            return self.model.predict(payload)
-
-    def admit(self) -> bool:
-        with self._count_lock:
-            if self.in_flight >= self.queue_size:
-                return False
-            self.in_flight += 1
-            return True
-
-    def release(self) -> None:
-        with self._count_lock:
-            self.in_flight -= 1
 
 
 def model_payload(request: ChatRequest) -> dict[str, Any]:
@@ -200,7 +144,7 @@ def create_app(served: ServedModel, load_in_background: bool = True) -> FastAPI:
 
         def produce() -> None:
             try:
-                with served._serial:
+                with served.serial:
                     if served.streamable:
                         chunks = served.model.predict_stream(payload)
                         try:
@@ -245,9 +189,10 @@ def create_app(served: ServedModel, load_in_background: bool = True) -> FastAPI:
     return app
 
 
-def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, queue_size: int = DEFAULT_QUEUE_SIZE,
+          threads: int | None = None) -> None:
     """Run the server until interrupted."""
     import uvicorn
 
-    app = create_app(ServedModel(model_uri, queue_size))
+    app = create_app(ServedModel(model_uri, queue_size, threads))
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=30)

@@ -47,7 +47,9 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         config = dict(context.model_config or {})
         self.model_name = str(config.get("source_model", "onnx-chat"))
         defaults = {k: config[k] for k in GENERATION_KEYS if config.get(k) is not None}
-        self.engine = OnnxChatEngine(context.artifacts[ONNX_ARTIFACT_KEY], defaults)
+        threads = config.get("threads")  # set at load time: mlflow.pyfunc.load_model(uri, model_config={"threads": 2})
+        self.engine = OnnxChatEngine(context.artifacts[ONNX_ARTIFACT_KEY], defaults,
+                                     threads=int(threads) if threads else None)
 
     def predict(self, context, model_input, params=None) -> list[Any]:
         requests = [self._parse(row) for row in rows_of(model_input)]  # validate every row before generating

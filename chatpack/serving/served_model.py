@@ -1,0 +1,132 @@
+"""The model ``serve`` answers with: loading it (with its own code), admission counting, and its worker threads.
+
+A logged ONNX model carries its runtime code as a ``chatpack`` package in its ``code/`` folder. The server process has
+its own ``chatpack`` imported already, and Python would resolve the model's ``from chatpack... import ...`` to the
+server's copy: a model logged at another commit would then run (or fail to import) code it was not logged with.
+So the model is loaded with the server's copies of its code's top-level packages taken out of ``sys.modules``; they
+are put back afterwards, while the model keeps the modules it imported from its own folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 16
+CONCURRENCY_KEY = "chatpack_concurrency"  # model metadata: "batched" = safe to call from many threads at once
+THREADS_CONFIG_KEY = "threads"  # model_config key the ONNX pyfunc reads (intra-op threads of its session)
+
+
+def served_name(model_uri: str) -> str:
+    """``models:/name@alias`` and ``models:/name/3`` serve as ``name``; other URIs by their last path part."""
+    if model_uri.startswith("models:/"):
+        rest = model_uri.removeprefix("models:/")
+        return rest.split("@")[0].split("/")[0]
+    return model_uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def code_packages(model_dir: Path, code_folder: str | None) -> set[str]:
+    """Top-level module and package names in a model's code folder (what its code imports itself as)."""
+    if not code_folder or not (model_dir / code_folder).is_dir():
+        return set()
+    return {p.stem if p.suffix == ".py" else p.name for p in (model_dir / code_folder).iterdir()
+            if (p.is_dir() and (p / "__init__.py").is_file()) or p.suffix == ".py"}
+
+
+@contextlib.contextmanager
+def own_imports(names: set[str]) -> Iterator[None]:
+    """While the block runs, modules under ``names`` import afresh (from the model's code folder, first on
+    ``sys.path`` once MLflow adds it); afterwards the server's own modules are back in ``sys.modules``."""
+    def ours(module: str) -> bool:
+        return module.split(".")[0] in names
+
+    saved = {name: sys.modules.pop(name) for name in [m for m in sys.modules if ours(m)]}
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        for name in [m for m in sys.modules if ours(m)]:
+            del sys.modules[name]  # the model keeps references to its own modules
+        sys.modules.update(saved)
+
+
+def load_pyfunc(model_uri: str, threads: int | None = None) -> Any:
+    """``mlflow.pyfunc.load_model`` with the model's own code (see the module docstring) and ``threads`` applied:
+    as the ONNX pyfunc's ``threads`` model_config, or as torch's thread count for other flavours."""
+    import mlflow
+    from mlflow.models import Model
+
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    meta = Model.load(str(local / "MLmodel"))
+    pyfunc_conf = meta.flavors.get("python_function", {})
+    config = None
+    if threads:
+        if (meta.metadata or {}).get(CONCURRENCY_KEY):  # the ONNX pyfunc
+            config = {THREADS_CONFIG_KEY: threads}
+        else:
+            import torch
+
+            torch.set_num_threads(threads)
+    with own_imports(code_packages(local, pyfunc_conf.get("code"))):
+        return mlflow.pyfunc.load_model(str(local), model_config=config)
+
+
+class ServedModel:
+    """The loaded pyfunc model, its admission counter and the threads that call it."""
+
+    def __init__(self, model_uri: str, queue_size: int = DEFAULT_QUEUE_SIZE, threads: int | None = None):
+        if queue_size < 1:
+            raise ValueError(f"queue_size: must be >= 1, got {queue_size}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads: must be >= 1, got {threads}")
+        self.model_uri, self.name, self.queue_size = model_uri, served_name(model_uri), queue_size
+        self.threads = threads
+        self.model: Any = None
+        self.streamable = False
+        self.load_error: str | None = None
+        self.load_seconds: float | None = None
+        self.in_flight = 0
+        self._count_lock = threading.Lock()
+        self.serial: contextlib.AbstractContextManager = threading.Lock()  # around each call, unless batched
+        self.executor = ThreadPoolExecutor(max_workers=queue_size, thread_name_prefix="generate")
+
+    def load(self) -> None:
+        try:
+            start = time.perf_counter()
+            model = load_pyfunc(self.model_uri, self.threads)
+            self.streamable = bool(model.metadata.flavors.get("python_function", {}).get("streamable"))
+            if (model.metadata.metadata or {}).get(CONCURRENCY_KEY) == "batched":
+                self.serial = contextlib.nullcontext()
+            self.load_seconds = time.perf_counter() - start
+            self.model = model  # last: requests are admitted from here on
+            logger.info("Loaded %s in %.1f s (streaming: %s, concurrent: %s, threads: %s)", self.model_uri,
+                        self.load_seconds, self.streamable, isinstance(self.serial, contextlib.nullcontext),
+                        self.threads or "default")
+        except Exception as exc:  # reported by /health and 503s, not a crash
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("Loading %s failed", self.model_uri)
+
+    def predict(self, payload: dict[str, Any]) -> list[Any]:
+        with self.serial:
+            return self.model.predict(payload)
+
+    def admit(self) -> bool:
+        with self._count_lock:
+            if self.in_flight >= self.queue_size:
+                return False
+            self.in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._count_lock:
+            self.in_flight -= 1
