@@ -18,9 +18,18 @@ from pathlib import Path
 
 from chatpack.engine.batch_decode import Pending, generate_batch
 from chatpack.engine.stops import find_stop, held_back
-from chatpack.protocol.chat_request import GenerationOptions, RequestError
+from chatpack.protocol.chat_request import GenerationOptions
 
 logger = logging.getLogger(__name__)
+
+
+class ContextOverflow(ValueError):
+    """The prompt leaves no room for a reply in the model's context (the caller decides which field to blame)."""
+
+    def __init__(self, prompt_tokens: int, context_length: int):
+        super().__init__(f"the prompt is {prompt_tokens} tokens; this model's context is {context_length} tokens "
+                         "including the reply")
+        self.prompt_tokens, self.context_length = prompt_tokens, context_length
 
 
 @dataclass
@@ -76,10 +85,10 @@ class OnnxChatEngine:
         return [int(t) for t in self.tokenizer.encode(text)]
 
     # -- generation ------------------------------------------------------------------------------------------------
-    def check_fits(self, prompt_ids: list[int], field: str = "messages") -> None:
+    def check_fits(self, prompt_ids: list[int]) -> None:
+        """Raise :class:`ContextOverflow` when no reply token fits after the prompt."""
         if len(prompt_ids) >= self.context_length:
-            raise RequestError(field, f"{field}: the prompt is {len(prompt_ids)} tokens; this model's context is "
-                                      f"{self.context_length} tokens including the reply; shorten the conversation")
+            raise ContextOverflow(len(prompt_ids), self.context_length)
 
     def stream(self, prompt_ids: list[int], options: GenerationOptions, state: StreamState | None = None
                ) -> Iterator[str]:

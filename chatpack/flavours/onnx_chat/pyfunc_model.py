@@ -15,7 +15,7 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from chatpack.engine.chat_engine import OnnxChatEngine, StreamState
+from chatpack.engine.chat_engine import ContextOverflow, OnnxChatEngine, StreamState
 from chatpack.protocol.chat_request import ChatRequest, RequestError, parse_request
 from chatpack.protocol.replies import chat_chunk, chat_completion, completion_id, usage
 
@@ -80,14 +80,19 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         return self._guard(lambda: parse_request(row))
 
     def _prompt_ids(self, request: ChatRequest) -> list[int]:
+        """The request's prompt tokens; a prompt that leaves no room for a reply is refused naming its field."""
         if request.messages is not None:
-            return self.engine.encode_chat(request.messages)
-        return self.engine.encode_text(request.prompt or "")
+            ids, field = self.engine.encode_chat(request.messages), "messages"
+        else:
+            ids, field = self.engine.encode_text(request.prompt or ""), "prompt"
+        try:
+            self.engine.check_fits(ids)
+        except ContextOverflow as exc:
+            raise MlflowException.invalid_parameter_value(f"{field}: {exc}; shorten the conversation") from None
+        return ids
 
     def _answer(self, request: ChatRequest) -> Any:
         prompt_ids = self._prompt_ids(request)
-        field = "messages" if request.messages is not None else "prompt"
-        self._guard(lambda: self.engine.check_fits(prompt_ids, field))
         results = [self.engine.complete(prompt_ids, request.options) for _ in range(request.options.n)]
         if request.prompt is not None:
             return results[0].text if request.options.n == 1 else [r.text for r in results]
