@@ -64,11 +64,14 @@ def test_evaluate_logs_metrics_table_plot_report_and_sets_aliases(evaluate_run):
     run = MlflowClient().get_run(evaluate_run)
     metrics = run.data.metrics
     for flavour in ("transformers", "onnx"):
-        for key in ("quality_score", "tokens_per_s", "decode_tokens_per_s", "ttft_p50_s", "latency_p50_s",
-                    "latency_p95_s", "peak_rss_mb", "model_size_mb"):
-            value = metrics[f"{flavour}_{key}"]
-            assert math.isfinite(value) and value >= 0, (flavour, key, value)
-        assert metrics[f"{flavour}_peak_rss_mb"] > 100
+        m = {key: metrics[f"{flavour}_{key}"] for key in (
+            "quality_score", "tokens_per_s", "decode_tokens_per_s", "ttft_p50_s", "latency_p50_s", "latency_p95_s",
+            "peak_rss_mb", "model_size_mb")}
+        assert all(math.isfinite(v) for v in m.values()), (flavour, m)
+        assert 0 <= m["quality_score"] <= 1
+        assert m["tokens_per_s"] > 0 and m["decode_tokens_per_s"] > 0 and m["ttft_p50_s"] > 0, (flavour, m)
+        assert 0 < m["latency_p50_s"] <= m["latency_p95_s"], (flavour, m)
+        assert m["peak_rss_mb"] > 100 and m["model_size_mb"] > 1, (flavour, m)
     assert 0 <= metrics["agreement_identical"] <= 1 and 0 <= metrics["agreement_rouge_l"] <= 1
     artifacts = {a.path for a in MlflowClient().list_artifacts(evaluate_run)}
     assert {"eval_rows.json", "comparison.png", "eval_report.md", "eval_summary.json"} <= artifacts

@@ -49,8 +49,12 @@ def test_fixture_fetch_logs_the_output_contract(fixture_fetch_run):
     assert tags["chatpack.version.transformers"] and tags["chatpack.version.mlflow"]
     assert params["model"] == FIXTURE_MODEL and params["precision"] == "int4"
     assert metrics["hf_model_bytes"] > 100_000 and metrics["onnx_model_bytes"] > 10_000
-    for phase in ("seconds_materialize", "seconds_build", "seconds_log_artifacts"):
-        assert metrics[phase] >= 0
+    # The session's first fixture fetch converts and builds (its cache is new): every phase took real time, and
+    # together no longer than the run itself.
+    assert metrics["onnx_cache_hit"] == 0.0
+    phases = [metrics[p] for p in ("seconds_materialize", "seconds_hash", "seconds_build", "seconds_log_artifacts")]
+    assert all(seconds > 0 for seconds in phases), phases
+    assert sum(phases) <= (run.info.end_time - run.info.start_time) / 1000 + 1
     names = {a.path for a in MlflowClient().list_artifacts(fixture_fetch_run)}
     assert {"hf_model", "onnx_model", "fetch_info.json"} <= names
 
@@ -67,7 +71,8 @@ def test_repeated_fetch_hits_the_cache(fixture_fetch_run):
     first_m = MlflowClient().get_run(fixture_fetch_run).data.metrics
     second_m = MlflowClient().get_run(second).data.metrics
     assert second_m["onnx_cache_hit"] == 1.0
-    assert second_m["seconds_build"] < 0.5 <= first_m["seconds_build"] or first_m["onnx_cache_hit"] == 1.0
+    assert first_m["onnx_cache_hit"] == 0.0  # the session's first fetch built the ONNX form ...
+    assert second_m["seconds_build"] < 0.5 <= first_m["seconds_build"]  # ... the second only looked it up
     assert fetched_model(second).info["weights_sha256"] == fetched_model(fixture_fetch_run).info["weights_sha256"]
 
 
