@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -16,9 +18,10 @@ import pandas as pd
 from mlflow.metrics import MetricValue
 from mlflow.models import make_metric
 
-from chatpack.evaluation import quality
+from chatpack.evaluation import champion, quality, report
 from chatpack.evaluation.data import EvalRow
 from chatpack.evaluation.runner import FlavourRun, run_flavour
+from chatpack.tracking import MODEL_URI_TAG, StepInputError
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +135,6 @@ def comparison_table(results: dict[str, FlavourEval], rows: list[EvalRow]) -> pd
 
 def resolve_model_uri(uri: str, run_id: str, param: str) -> str:
     """A model URI given directly, or read from the ``chatpack.model_uri`` tag of the run that logged it."""
-    from chatpack.tracking import MODEL_URI_TAG, StepInputError
-
     if uri and run_id:
         raise StepInputError(f"{param}_model_uri/{param}_run_id: give one of them, not both")
     if uri:
@@ -149,11 +150,6 @@ def resolve_model_uri(uri: str, run_id: str, param: str) -> str:
 def evaluate_and_log(model_uris: dict[str, str], rows: list[EvalRow], eval_data: str, max_new_tokens: int,
                      quality_tolerance: float, registered_model_name: str) -> dict[str, Any]:
     """Run, score, compare, crown and log everything to the active run; return the summary."""
-    import tempfile
-    from pathlib import Path
-
-    from chatpack.evaluation import champion, report
-
     results = run_both(model_uris, rows, max_new_tokens)
     for result in results.values():
         score_flavour(result, rows)

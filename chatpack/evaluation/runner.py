@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from chatpack.evaluation.data import EvalRow
+from chatpack.evaluation.memory import peak_rss_mb
 
 
 @dataclass
@@ -80,8 +81,6 @@ def _generate(model_uri: str, rows: list[dict[str, Any]], max_new_tokens: int, l
         results.append(asdict(RowResult(row["id"], choice["message"]["content"] or "", choice["finish_reason"],
                                         reply["usage"]["prompt_tokens"], reply["usage"]["completion_tokens"],
                                         latency, ttft)))
-    from chatpack.evaluation.memory import peak_rss_mb
-
     rss_mb = peak_rss_mb()
     return {"rows": results, "load_s": load_s, "peak_rss_mb": rss_mb}
 

@@ -1,0 +1,99 @@
+"""The package's layout rules, read from the source: no import cycles, imports at module level, runtime code that
+stands alone, short documented modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "chatpack"
+RUNTIME = ("chatpack.protocol", "chatpack.engine", "chatpack.flavours.onnx_chat.pyfunc_model")
+MAX_LINES = 300
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if "__pycache__" not in p.parts}
+
+
+def chatpack_imports(path: Path, top_level_only: bool) -> list[tuple[str, int]]:
+    """(module, line) of every ``chatpack`` import; resolved to a module of the package where it names one."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = []
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "chatpack":
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.append((sub if sub in MODULES else node.module, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] == "chatpack"]
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {name: {m for m, _ in chatpack_imports(path, top_level_only=True) if m != name}
+            for name, path in MODULES.items()}
+
+
+def test_the_package_has_no_import_cycles():
+    edges, state, cycles = graph(), {}, []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+def test_package_modules_import_each_other_at_module_level_only():
+    """Function-level imports are for optional heavy dependencies (torch, pyspark, onnxruntime_genai), never for
+    the package's own modules: those would hide a cycle."""
+    late = []
+    for name, path in MODULES.items():
+        top = set(chatpack_imports(path, top_level_only=True))
+        late += [f"{name}:{line} imports {m}" for m, line in chatpack_imports(path, top_level_only=False)
+                 if (m, line) not in top]
+    assert late == []
+
+
+@pytest.mark.parametrize("runtime", RUNTIME)
+def test_runtime_code_imports_only_runtime_code(runtime):
+    """What a logged ONNX model carries must not pull in the server, Spark, evaluation, sources or the builder."""
+    members = [n for n in MODULES if n == runtime or n.startswith(runtime + ".")]
+    assert members, runtime
+    outside = [f"{n} imports {m}" for n in members for m, _ in chatpack_imports(MODULES[n], top_level_only=False)
+               if m != "chatpack" and not m.startswith(RUNTIME)]
+    assert outside == []
+
+
+def test_every_module_is_documented_and_short():
+    undocumented = [n for n, p in MODULES.items() if not ast.get_docstring(ast.parse(p.read_text()))]
+    long = {n: len(p.read_text().splitlines()) for n, p in MODULES.items()}
+    assert undocumented == []
+    assert {n: lines for n, lines in long.items() if lines > MAX_LINES} == {}
+
+
+def test_folder_names_say_where_each_stage_lives():
+    """A newcomer finds where a request is parsed, a token generated, a model logged and a step reused."""
+    for folder in ("sources", "build", "flavours", "protocol", "engine", "evaluation", "serving", "pipeline"):
+        assert (PACKAGE / folder / "__init__.py").is_file(), folder
+    assert "parse_request" in (PACKAGE / "protocol" / "chat_request.py").read_text()
+    assert "def find_reusable_run" in (PACKAGE / "pipeline" / "reuse.py").read_text()
+    assert "mlflow.pyfunc.log_model" in (PACKAGE / "flavours" / "onnx_chat" / "log_model.py").read_text()
+    assert "generate_next_token" in "".join(p.read_text() for p in (PACKAGE / "engine").glob("*.py"))
