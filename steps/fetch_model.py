@@ -15,7 +15,7 @@ Outputs, on the MLflow run (tag ``chatpack.step=fetch_model``):
   tags       ``chatpack.source_kind``, ``chatpack.revision.resolved``, ``chatpack.sha256.<weight file>``,
              ``chatpack.builder_version``, ``chatpack.version.<library>``
   metrics    ``hf_model_bytes``, ``onnx_model_bytes``, ``seconds_*`` per phase, ``onnx_cache_hit``
-Later steps take this run's id as ``-P fetch_run_id=...`` and call ``chatpack.fetch.fetched_model``.
+Later steps take this run's id as ``-P fetch_run_id=...`` and call ``chatpack.sources.fetch.fetched_model``.
 """
 
 from __future__ import annotations
