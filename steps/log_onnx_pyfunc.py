@@ -11,8 +11,9 @@ Inputs (MLproject params, same names as the flags):
 Outputs, on the MLflow run (tag ``chatpack.step=log_onnx_pyfunc``):
   a LoggedModel named ``model_name`` (``models:/m-...``) logged from code
   (``chatpack/flavours/onnx_chat/model_code.py``) with the ONNX folder as artifact ``onnx_model`` and only the runtime
-  code (``chatpack.protocol``, ``chatpack.engine``, the PythonModel) as code; its URI in the tag ``chatpack.model_uri``; metadata
-  records source, revision, weight sha256, precision, provider and the onnxruntime-genai version.
+  code (``chatpack.protocol``, ``chatpack.engine``, the PythonModel) as code; its URI in the tag
+  ``chatpack.model_uri``; metadata records source, revision, weight sha256, precision, provider and the
+  onnxruntime-genai version.
 """
 
 from __future__ import annotations
