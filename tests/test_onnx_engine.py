@@ -1,4 +1,8 @@
-"""The onnxruntime-genai engine: queued greedy requests answered in one batch give the replies they get alone."""
+"""The onnxruntime-genai engine on the tiny fixture model: one decode step for single, streamed and batched replies.
+
+Queued greedy requests answered in one batch get the replies they get alone; stop sequences, ``max_tokens`` and
+finish reasons come out the same whichever way a reply is generated.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,60 @@ import time
 
 import pytest
 
-from chatpack.engine.chat_engine import OnnxChatEngine
+from chatpack.engine.chat_engine import Completion, ContextOverflow, OnnxChatEngine, StreamState
+from chatpack.engine.decode_step import RowDecoder
+from chatpack.engine.scheduler import Pending, form_groups
+from chatpack.engine.search_options import search_options
 from chatpack.engine.stops import held_back
 from chatpack.protocol.chat_request import GenerationOptions
 from chatpack.sources.fetch import fetched_model
 
 
 @pytest.fixture(scope="module")
-def engine(fixture_fetch_run) -> OnnxChatEngine:
-    return OnnxChatEngine(fetched_model(fixture_fetch_run).onnx_dir)
+def onnx_dir(fixture_fetch_run) -> str:
+    return str(fetched_model(fixture_fetch_run).onnx_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(onnx_dir) -> OnnxChatEngine:
+    return OnnxChatEngine(onnx_dir)
+
+
+def chat(engine: OnnxChatEngine, text: str) -> list[int]:
+    return engine.encode_chat([{"role": "user", "content": text}])
+
+
+def queued(engine: OnnxChatEngine, requests: list[tuple[list[int], GenerationOptions]]) -> list[Completion | Exception]:
+    """``complete`` every request from its own thread while the model is busy, so that all of them queue first."""
+    results: dict[int, Completion | Exception] = {}
+
+    def call(i: int) -> None:
+        try:
+            results[i] = engine.complete(*requests[i])
+        except Exception as exc:
+            results[i] = exc
+
+    with engine.scheduler.model_lock:  # the model is busy: every request below has to queue
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 60  # a guard against hanging, not a speed check
+        while engine.scheduler.waiting < len(requests) and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.scheduler.waiting == len(requests)
+    for t in threads:
+        t.join(timeout=120)
+    return [results[i] for i in range(len(requests))]
+
+
+def streamed(engine: OnnxChatEngine, ids: list[int], options: GenerationOptions) -> tuple[list[str], StreamState]:
+    state = StreamState(len(ids))
+    return list(engine.stream(ids, options, state)), state
 
 
 def test_queued_requests_are_batched_and_match_their_solo_replies(engine):
-    prompts = [engine.encode_chat([{"role": "user", "content": text}])
-               for text in ("Hi", "What is two plus two?", "Hello, how are you today? Tell me.", "Paris", "x" * 40)]
+    prompts = [chat(engine, text) for text in ("Hi", "What is two plus two?", "Hello, how are you today? Tell me.",
+                                               "Paris", "x" * 40)]
     options = [GenerationOptions(max_tokens=n) for n in (4, 12, 7, 20, 9)]
     solo = [engine.complete(p, o) for p, o in zip(prompts, options)]
     stop = solo[3].text[3:6]
@@ -28,26 +72,122 @@ def test_queued_requests_are_batched_and_match_their_solo_replies(engine):
     solo[3] = engine.complete(prompts[3], options[3])
     assert solo[3].finish_reason == "stop"
     before = engine.stats["batches"]
-    results: dict[int, object] = {}
-    with engine._lock:  # the model is busy: every request below has to queue
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, engine.complete(prompts[i], options[i])))
-                   for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        deadline = time.time() + 10
-        while len(engine._queue) < len(prompts) and time.time() < deadline:
-            time.sleep(0.01)
-        assert len(engine._queue) == len(prompts)
-    for t in threads:
-        t.join(timeout=60)
+    assert queued(engine, list(zip(prompts, options))) == solo
     assert engine.stats["batches"] == before + 1 and engine.stats["largest_batch"] == len(prompts)
-    assert [results[i] for i in range(len(prompts))] == solo
+
+
+def test_a_stop_sequence_is_cut_the_same_in_single_streamed_and_batched_replies(engine):
+    ids = chat(engine, "Hi")
+    pieces, _ = streamed(engine, ids, GenerationOptions(max_tokens=30))
+    text = "".join(pieces)
+    # A stop sequence that starts in one streamed piece and ends in the next: its start must be held back.
+    ends = [sum(len(p) for p in pieces[: i + 1]) for i in range(len(pieces) - 1)]
+    start = next(end - 1 for end in ends if text.find(text[end - 1:end + 2]) == end - 1)
+    stop = text[start:start + 3]
+    options = GenerationOptions(max_tokens=30, stop=(stop, "never-generated"))
+    single = engine.complete(ids, options)
+    stream_pieces, state = streamed(engine, ids, options)
+    batched = queued(engine, [(ids, options), (chat(engine, "Paris"), GenerationOptions(max_tokens=5))])[0]
+    assert single.text == text[:start] and single.finish_reason == "stop"
+    assert "".join(stream_pieces) == single.text and state.finish_reason == "stop"
+    assert state.completion_tokens == single.completion_tokens
+    assert batched == single
+
+
+def test_each_row_of_a_batch_stops_at_its_own_max_tokens(engine):
+    requests = [(chat(engine, text), GenerationOptions(max_tokens=n)) for text, n in (("Hi", 1), ("Paris", 6),
+                                                                                   ("x" * 40, 17))]
+    solo = [engine.complete(*r) for r in requests]
+    assert [(r.completion_tokens, r.finish_reason) for r in solo] == [(1, "length"), (6, "length"), (17, "length")]
+    assert queued(engine, requests) == solo
+
+
+def test_streamed_pieces_join_to_the_complete_reply_with_the_same_counts(engine):
+    ids = chat(engine, "What is two plus two?")
+    for options in (GenerationOptions(max_tokens=12), GenerationOptions(max_tokens=25, stop=("Hello", " fin")),
+                    GenerationOptions(max_tokens=9, stop=("zzz",)), GenerationOptions(max_tokens=10, temperature=0.8,
+                                                                                        seed=5)):
+        whole = engine.complete(ids, options)
+        pieces, state = streamed(engine, ids, options)
+        assert all(pieces) and "".join(pieces) == whole.text
+        assert (state.prompt_tokens, state.completion_tokens, state.finish_reason) == (
+            whole.prompt_tokens, whole.completion_tokens, whole.finish_reason)
+
+
+def test_decode_step_ends_a_row_on_eos_stop_sequence_or_max_tokens(engine):
+    hello = engine.encode_text("Hello fin are")  # three tokens: 'Hello', ' fin', ' are'
+    eos = min(engine.eos_ids)
+
+    def run(tokens: list[int], stops: tuple[str, ...] = (), max_new: int = 10) -> tuple[RowDecoder, list[str]]:
+        row = RowDecoder(engine.tokenizer, engine.eos_ids, stops, max_new, StreamState(0))
+        pieces = [row.push(token) for token in tokens]
+        return row, pieces + [row.finish("length")]
+
+    row, pieces = run(hello + [eos])  # end of turn: not counted, not decoded, the text so far goes out
+    assert (row.text, row.state.completion_tokens, row.state.finish_reason) == ("Hello fin are", 3, "stop")
+    assert "".join(pieces) == "Hello fin are"
+    row, pieces = run(hello, stops=(" fin a",))  # " fin" might begin the stop sequence: held back, then cut
+    assert pieces[:2] == ["Hello", ""] and "".join(pieces) == "Hello" == row.text
+    assert (row.state.completion_tokens, row.state.finish_reason) == (3, "stop")
+    row, pieces = run(hello, stops=(" fin x",))  # held back until it turns out not to be a stop sequence
+    assert pieces[:3] == ["Hello", "", " fin are"] and row.state.finish_reason == "length"
+    row, pieces = run(hello, max_new=2)  # the third token comes after the row ended: ignored
+    assert pieces[:3] == ["Hello", " fin", ""]
+    assert (row.text, row.state.completion_tokens, row.state.finish_reason) == ("Hello fin", 2, "length")
+
+
+def test_a_row_that_cannot_share_the_padded_width_runs_alone(onnx_dir):
+    engine = OnnxChatEngine(onnx_dir)  # fresh stats
+    long_prompt = engine.encode_text("word " * 400)  # 200 new tokens past its width overflow the context; 5 fit
+    assert len(long_prompt) + 200 > engine.context_length > len(long_prompt) + 5
+    requests = [(long_prompt, GenerationOptions(max_tokens=5)), (chat(engine, "Hi"), GenerationOptions(max_tokens=200)),
+                (chat(engine, "Paris"), GenerationOptions(max_tokens=8))]
+    solo = [engine.complete(*r) for r in requests]
+    assert engine.stats == {"batches": 0, "largest_batch": 0}
+    assert queued(engine, requests) == solo
+    assert engine.stats == {"batches": 1, "largest_batch": 2}
+    rows = [Pending(ids, options, options.max_tokens or 0, StreamState(len(ids))) for ids, options in requests]
+    assert form_groups(rows, engine.context_length) == [[rows[0], rows[2]], [rows[1]]]
+    assert form_groups(rows[1:], engine.context_length) == [rows[1:]]
+    assert form_groups(rows[:2], engine.context_length) == [[rows[0]], [rows[1]]]
+
+
+def test_a_failing_batch_reaches_every_waiting_caller_and_frees_the_model(engine):
+    bad = chat(engine, "Hi") + [10**6]  # no such token: the model's embedding lookup fails
+    requests = [(chat(engine, "Paris"), GenerationOptions(max_tokens=4)), (bad, GenerationOptions(max_tokens=4)),
+                (chat(engine, "x" * 40), GenerationOptions(max_tokens=4))]
+    results = queued(engine, requests)
+    assert all(isinstance(r, RuntimeError) for r in results) and len({id(r) for r in results}) == 1
+    with pytest.raises(RuntimeError):
+        engine.complete(bad, GenerationOptions(max_tokens=4, temperature=1.0))  # alone: the caller hears it too
+    assert engine.complete(*requests[0]).completion_tokens == 4
+
+
+def test_stream_validates_at_the_call_and_closing_it_frees_the_model(engine):
+    with pytest.raises(ContextOverflow) as err:
+        engine.stream([5] * engine.context_length, GenerationOptions())  # not iterated: the call itself refuses
+    assert (err.value.prompt_tokens, err.value.context_length) == (engine.context_length, engine.context_length)
+    pieces = engine.stream(chat(engine, "Hi"), GenerationOptions(max_tokens=50))
+    next(pieces)
+    assert engine.scheduler.model_lock.locked()
+    pieces.close()
+    assert not engine.scheduler.model_lock.locked()
 
 
 def test_sampled_requests_bypass_the_batch_and_stay_repeatable_with_a_seed(engine):
     ids = engine.encode_chat([{"role": "user", "content": "Hi"}])
     first = engine.complete(ids, GenerationOptions(max_tokens=8, temperature=1.0, seed=3))
     assert first == engine.complete(ids, GenerationOptions(max_tokens=8, temperature=1.0, seed=3))
+
+
+def test_search_options_sample_only_above_temperature_zero_and_stay_inside_the_context():
+    for greedy in (GenerationOptions(top_p=0.5, top_k=3, seed=1), GenerationOptions(temperature=0.0, top_k=3)):
+        assert search_options(greedy, 10, 20, 512) == {"max_length": 30, "do_sample": False, "batch_size": 1}
+    sampled = GenerationOptions(temperature=0.7, top_p=0.9, top_k=40, seed=7)
+    assert search_options(sampled, 500, 100, 512, batch_size=3) == {
+        "max_length": 512, "do_sample": True, "batch_size": 3, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
+        "random_seed": 7}
+    assert "top_p" not in search_options(GenerationOptions(temperature=0.7), 1, 1, 512)
 
 
 def test_held_back_text_is_the_longest_possible_start_of_a_stop_sequence():

@@ -1,0 +1,31 @@
+"""Request options -> onnxruntime-genai search options (``GeneratorParams.set_search_options`` keyword arguments).
+
+Greedy unless ``temperature > 0``: ``temperature``/``top_p``/``top_k``/``seed`` are passed only when sampling (the
+0.18 bindings ignore them without ``do_sample``). ``max_length`` counts the prompt (the padded width, for a batch)
+plus the new tokens and may not exceed the model's context.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatpack.protocol.chat_request import GenerationOptions
+
+GREEDY = GenerationOptions()  # what a batch runs with: rows share one generator, so one set of search options
+
+
+def search_options(options: GenerationOptions, prompt_tokens: int, max_new: int, context_length: int,
+                   batch_size: int = 1) -> dict[str, Any]:
+    """Search options for ``batch_size`` rows of ``prompt_tokens`` (padded) tokens and up to ``max_new`` new ones."""
+    sample = bool(options.temperature)  # temperature 0 or unset: greedy
+    search: dict[str, Any] = {"max_length": min(prompt_tokens + max_new, context_length), "do_sample": sample,
+                              "batch_size": batch_size}
+    if sample:
+        search["temperature"] = options.temperature
+        if options.top_p is not None:
+            search["top_p"] = options.top_p
+        if options.top_k is not None:
+            search["top_k"] = options.top_k
+        if options.seed is not None:
+            search["random_seed"] = options.seed
+    return search
