@@ -236,11 +236,11 @@ def test_concurrent_requests_meet_in_one_batch_with_their_solo_replies(onnx_serv
                 for p in prompts]
         before = engine.stats["batches"]
         with ThreadPoolExecutor(max_workers=6) as pool:
-            with engine._lock:  # keep the model busy until all six have queued
+            with engine.scheduler.model_lock:  # keep the model busy until all six have queued
                 futures = [pool.submit(api.chat.completions.create, model="m", messages=p, max_tokens=10)
                            for p in prompts]
                 deadline = time.time() + 20
-                while len(engine._queue) < 6 and time.time() < deadline:
+                while engine.scheduler.waiting < 6 and time.time() < deadline:
                     time.sleep(0.01)
             replies = [f.result().choices[0].message.content for f in futures]
         assert replies == solo

@@ -10,7 +10,6 @@ generator, with the same replies as alone; streams and sampled requests run one 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,16 +56,6 @@ class OnnxChatEngine:
         self.max_batch = max_batch
         self.scheduler = Scheduler(self._answer, self.context_length, max_batch)
         self.stats = self.scheduler.stats
-
-    # Transitional, for tests/test_server.py (not this package's), which still holds ``engine._lock`` and counts
-    # ``engine._queue``: the public names are ``scheduler.model_lock`` and ``scheduler.waiting``. Remove with it.
-    @property
-    def _lock(self) -> threading.Lock:
-        return self.scheduler.model_lock
-
-    @property
-    def _queue(self) -> range:  # only its length is read
-        return range(self.scheduler.waiting)
 
     # -- prompts ---------------------------------------------------------------------------------------------------
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
