@@ -1,10 +1,14 @@
-"""Decode benchmark: the same prompts, greedy, interleaved across engines in one run, each engine in its own process.
+"""Decode benchmark: the same prompts, greedy, every engine in its own process on the same thread count, interleaved
+prompt by prompt over several rounds.
 
-    python -m benchmarks.bench_decode --fetch_run_id <bundled fetch run> [--rounds 3] [--max_new_tokens 64]
+    python -m benchmarks.bench_decode --fetch_run_id <bundled fetch run> [--onnx_model_uri ...]
+        [--transformers_model_uri ...] [--threads N] [--rounds 5] [--max_new_tokens 64]
 
-Engines: the ONNX pyfunc (mlflow.pyfunc.load_model), a raw onnxruntime-genai loop, the transformers flavour via
-pyfunc, raw transformers ``generate``, and llama.cpp on the bundled GGUF when ``llama-cpp-python`` is installed.
-Prints a markdown table and writes ``<out>.json`` and ``<out>.md``. Not part of the test suite.
+Engines (``benchmarks/engines.py``): the ONNX pyfunc, a minimal onnxruntime-genai loop, the transformers flavour, raw
+transformers ``generate``, llama.cpp through ``llama-cpp-python`` (optional) and llama.cpp's ``llama-server`` (when
+built: ``benchmarks/build_llama_server.sh``). Only the engine being timed runs; the others are paused (SIGSTOP on
+their process group). Each figure is computed per round and reported as median and min-max over the rounds.
+Writes ``benchmarks/results/decode.json``; ``python -m benchmarks.report`` turns it into README's table.
 """
 
 from __future__ import annotations
@@ -12,19 +16,34 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import signal
-import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks import common
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
     "Explain how a bicycle works to a ten-year-old.",
     "Describe a walk through a busy market in the morning.",
     "Give me advice on learning to cook at home.",
+    # A long prompt (~330 tokens with the template), so prefill weighs in time to first token.
+    "Here are my notes from this week's team meeting. " + " ".join(
+        f"Item {i}: the {topic} work is {state}, and the owner asked for feedback by {day}."
+        for i, (topic, state, day) in enumerate([
+            ("database migration", "two days late", "Monday"), ("login page", "finished", "Tuesday"),
+            ("billing report", "blocked on data access", "Wednesday"), ("mobile app", "in review", "Thursday"),
+            ("search index", "half done", "Friday"), ("onboarding guide", "not started", "next Monday"),
+            ("security audit", "scheduled", "next Tuesday"), ("cost dashboard", "in testing", "next Friday"),
+        ] * 2)) + " Summarise the three most urgent items in one sentence each.",
 ]
+REFERENCE = "onnx_pyfunc"
+ALL_ENGINES = "onnx_pyfunc,raw_ort,transformers_pyfunc,raw_transformers,llama_cpp,llama_server"
+PROTOCOL = "@@bench "
 
 
 def worker(engine: str, spec: dict[str, Any]) -> None:
@@ -32,150 +51,214 @@ def worker(engine: str, spec: dict[str, Any]) -> None:
     from benchmarks.engines import ENGINES
 
     impl = ENGINES[engine](spec)
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request.get("quit"):
-            break
-        ttft, total, n, text = impl.run(request["messages"], request["max_new"])
-        print(json.dumps({"ttft": ttft, "total": total, "tokens": n, "text": text}), flush=True)
-    from chatpack.evaluation.memory import peak_rss_mb
-
-    print(json.dumps({"max_rss_mb": peak_rss_mb()}), flush=True)
+    try:
+        print(PROTOCOL + json.dumps({"ready": True, "info": impl.info()}), flush=True)
+        for line in sys.stdin:
+            request = json.loads(line)
+            if request.get("quit"):
+                break
+            sample = impl.run(request["messages"], request["max_new"])
+            print(PROTOCOL + json.dumps(sample.record()), flush=True)
+        print(PROTOCOL + json.dumps({"peak_rss_mb": impl.peak_rss_mb()}), flush=True)
+    finally:
+        impl.close()
 
 
 class Worker:
+    """One engine in its own process group; paused (SIGSTOP) whenever it is not the engine being timed, so idle
+    threads of one engine (OpenMP spin-waits in torch, say) cannot take CPU from another."""
+
     def __init__(self, engine: str, spec: dict[str, Any]):
         self.engine = engine
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_decode", "--worker", engine,
                                       "--spec", json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
-        self._read()
-        self.proc.send_signal(signal.SIGSTOP)
+                                     text=True, start_new_session=True, cwd=common.ROOT)
+        self.info = self._read()["info"]
+        self._signal(signal.SIGSTOP)
+
+    def _signal(self, sig: int) -> None:
+        os.killpg(self.proc.pid, sig)
 
     def _read(self) -> dict[str, Any]:
         while True:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"{self.engine} worker died")
-            if line.startswith("{"):
-                return json.loads(line)
+                raise RuntimeError(f"{self.engine} worker died (exit {self.proc.poll()})")
+            if line.startswith(PROTOCOL):
+                return json.loads(line[len(PROTOCOL):])
 
     def ask(self, messages, max_new: int) -> dict[str, Any]:
-        """Only the engine being asked runs: the others are stopped (SIGSTOP), so idle threads of one engine
-        (OpenMP spin-waits in torch, say) cannot steal CPU from the one being timed."""
-        self.proc.send_signal(signal.SIGCONT)
+        self._signal(signal.SIGCONT)
         try:
             self.proc.stdin.write(json.dumps({"messages": messages, "max_new": max_new}) + "\n")
             self.proc.stdin.flush()
             return self._read()
         finally:
-            self.proc.send_signal(signal.SIGSTOP)
+            self._signal(signal.SIGSTOP)
 
-    def close(self) -> float:
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
-        self.proc.stdin.flush()
-        rss = self._read()["max_rss_mb"]
-        self.proc.wait(timeout=60)
+    def close(self) -> float | None:
+        """Stop the worker; its peak RSS in MB (None when it could not report)."""
+        rss = None
+        try:
+            self._signal(signal.SIGCONT)
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.flush()
+            rss = self._read()["peak_rss_mb"]
+            self.proc.wait(timeout=60)
+        except (OSError, RuntimeError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            common.stop_process(self.proc)
         return rss
 
 
-def summarize(samples: list[dict[str, Any]], rss: float) -> dict[str, Any]:
-    decode = [(s["tokens"] - 1) / (s["total"] - s["ttft"]) for s in samples
-              if s["ttft"] is not None and s["tokens"] > 1]
+def round_figures(samples: list[dict[str, Any]]) -> dict[str, float | None]:
+    """One engine's figures for one round (all prompts of the round)."""
+    decoding = [s for s in samples if s["ttft_s"] is not None and s["tokens"] > 1 and s["total_s"] > s["ttft_s"]]
+    streams = all(s.get("streams", True) for s in samples)
+    ttfts = [s["ttft_s"] for s in samples if s["ttft_s"] is not None]
     return {
-        "decode_tokens_per_s": statistics.median(decode) if decode else None,
-        "ttft_s": statistics.median([s["ttft"] for s in samples]) if decode else None,
-        "e2e_tokens_per_s": statistics.median([s["tokens"] / s["total"] for s in samples]),
-        "latency_p50_s": statistics.median([s["total"] for s in samples]),
-        "tokens_per_reply": statistics.mean([s["tokens"] for s in samples]),
-        "peak_rss_mb": rss,
-        "samples": len(samples),
+        "decode_tokens_per_s": (sum(s["tokens"] - 1 for s in decoding) / sum(s["total_s"] - s["ttft_s"]
+                                                                             for s in decoding))
+        if decoding and streams else None,
+        "ttft_s": common.percentile(ttfts, 50) if ttfts else None,
+        "e2e_tokens_per_s": sum(s["tokens"] for s in samples) / sum(s["total_s"] for s in samples),
+        "latency_s": common.percentile([s["total_s"] for s in samples], 50),
+        "reply_tokens": sum(s["tokens"] for s in samples) / len(samples),
     }
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
-
-
-def table(results: dict[str, dict[str, Any]]) -> str:
-    rows = ["| engine | decode tok/s | TTFT s | e2e tok/s | p50 latency s | peak RSS MB | x raw ORT | x llama.cpp |",
-            "|---|---|---|---|---|---|---|---|"]
-    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    for name, r in results.items():
-        rows.append(f"| {name} | {fmt(r['decode_tokens_per_s'], '.1f')} | {fmt(r['ttft_s'], '.3f')} | "
-                    f"{r['e2e_tokens_per_s']:.1f} | {r['latency_p50_s']:.2f} | {r['peak_rss_mb']:.0f} | "
-                    f"{fmt(r.get('x_raw_ort'), '.2f')} | {fmt(r.get('x_llama_cpp'), '.2f')} |")
-    return "\n".join(rows)
+def compare_replies(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Greedy replies compared across engines: for each pair, the share of (prompt, round) pairs with identical
+    text; per engine, whether its replies are the same in every round."""
+    names = list(samples)
+    identical = {a: {b: sum(x["text"] == y["text"] for x, y in zip(samples[a], samples[b])) / len(samples[a])
+                     for b in names} for a in names}
+    stable = {}
+    for name, items in samples.items():
+        by_prompt: dict[int, set[str]] = {}
+        for s in items:
+            by_prompt.setdefault(s["prompt"], set()).add(s["text"])
+        stable[name] = sum(len(texts) == 1 for texts in by_prompt.values()) / len(by_prompt)
+    return {"identical_share": identical, "same_text_every_round": stable}
 
 
 def model_specs(args: argparse.Namespace) -> dict[str, Any]:
-    """Local folders and model URIs; logs the two flavours into the current tracking store if not given."""
-    import mlflow
-
-    from chatpack.sources.bundled import bundled_gguf
+    """Local folders and model URIs; logs the two flavours into the current tracking store when not given."""
     from chatpack.sources.fetch import fetched_model
-    from steps import log_onnx_pyfunc, log_transformers
 
     fetched = fetched_model(args.fetch_run_id)
-    spec = {"onnx_dir": str(fetched.onnx_dir), "hf_dir": str(fetched.hf_dir),
-            "onnx_model_uri": args.onnx_model_uri, "transformers_model_uri": args.transformers_model_uri}
-    for key, step in (("onnx_model_uri", log_onnx_pyfunc), ("transformers_model_uri", log_transformers)):
+    spec = {"onnx_dir": str(fetched.onnx_dir), "hf_dir": str(fetched.hf_dir), "threads": args.threads,
+            "onnx_model_uri": args.onnx_model_uri, "transformers_model_uri": args.transformers_model_uri,
+            "gguf": common.bundled_gguf_path() if fetched.info.get("source_kind") == "bundled" else None,
+            "llama_server": common.find_llama_server(args.llama_server or None)}
+    for key, module in (("onnx_model_uri", "log_onnx_pyfunc"), ("transformers_model_uri", "log_transformers")):
         if not spec[key]:
+            import importlib
+
+            import mlflow
+
+            step = importlib.import_module(f"steps.{module}")
             assert step.main(["--fetch_run_id", args.fetch_run_id]) == 0
             spec[key] = mlflow.get_run(mlflow.last_active_run().info.run_id).data.tags["chatpack.model_uri"]
-    if fetched.info["source_kind"] == "bundled":
-        spec["gguf"] = str(bundled_gguf(fetched.info["source"].split(":", 1)[1])[0])
     return spec
 
 
-def main(argv: list[str] | None = None) -> int:
+def skipped_engines(engines: list[str], spec: dict[str, Any]) -> dict[str, str]:
+    skipped = {}
+    if "llama_cpp" in engines:
+        if importlib.util.find_spec("llama_cpp") is None:
+            skipped["llama_cpp"] = "llama-cpp-python not installed"
+        elif not spec.get("gguf"):
+            skipped["llama_cpp"] = "no GGUF (the fetch run is not the bundled model)"
+    if "llama_server" in engines:
+        if not spec.get("llama_server"):
+            skipped["llama_server"] = "llama-server not built (benchmarks/build_llama_server.sh)"
+        elif not spec.get("gguf"):
+            skipped["llama_server"] = "no GGUF (the fetch run is not the bundled model)"
+    return skipped
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--fetch_run_id", help="A finished fetch_model run (the bundled model for the llama.cpp peer).")
+    p.add_argument("--fetch_run_id",
+                   help="A finished fetch_model run (bundled model: the llama.cpp peers need its GGUF).")
     p.add_argument("--onnx_model_uri", default="", help="Logged ONNX pyfunc; empty = log one now.")
     p.add_argument("--transformers_model_uri", default="", help="Logged transformers model; empty = log one now.")
-    p.add_argument("--engines", default="onnx_pyfunc,raw_ort,transformers_pyfunc,raw_transformers,llama_cpp",
-                   help="Comma-separated engines; llama_cpp is skipped when llama-cpp-python is not installed.")
-    p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds over the prompts.")
+    p.add_argument("--engines", default=ALL_ENGINES, help="Comma-separated engines (missing llama.cpp ones are skipped "
+                                                          "and recorded as such).")
+    p.add_argument("--threads", type=int, default=common.physical_cores(),
+                   help="Compute threads for every engine (default: physical cores).")
+    p.add_argument("--rounds", type=int, default=5, help="Interleaved rounds over the prompts (>= 3).")
     p.add_argument("--max_new_tokens", type=int, default=64, help="New tokens per reply (greedy).")
-    p.add_argument("--out", default="benchmarks/results/decode", help="Output path without extension.")
+    p.add_argument("--llama_server", default="", help="llama-server binary (default: $LLAMA_SERVER, the build "
+                                                      "script's folder, PATH).")
+    p.add_argument("--out", default=str(common.RESULTS / "decode.json"), help="Results JSON.")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.worker:
         worker(args.worker, json.loads(args.spec))
         return 0
     if not args.fetch_run_id:
-        p.error("--fetch_run_id is required")
-    engines = [e for e in args.engines.split(",") if e]
-    if "llama_cpp" in engines and importlib.util.find_spec("llama_cpp") is None:
-        print("llama-cpp-python not installed: skipping the llama.cpp peer", file=sys.stderr)
-        engines.remove("llama_cpp")
+        raise SystemExit("--fetch_run_id is required")
+    if args.rounds < 3 or args.threads < 1:
+        raise SystemExit("--rounds must be >= 3 and --threads >= 1")
+    started = time.perf_counter()
     spec = model_specs(args)
-    if "llama_cpp" in engines and "gguf" not in spec:
-        engines.remove("llama_cpp")
-    workers = {name: Worker(name, spec) for name in engines}
-    samples: dict[str, list] = {name: [] for name in engines}
-    messages = [[{"role": "user", "content": text}] for text in PROMPTS]
-    for w in workers.values():  # warm-up, not measured
-        w.ask(messages[0], 8)
-    for r in range(args.rounds):
-        for i, msg in enumerate(messages):
-            order = engines[(r + i) % len(engines):] + engines[:(r + i) % len(engines)]  # rotate who goes first
-            for name in order:
-                samples[name].append(workers[name].ask(msg, args.max_new_tokens))
-    results = {name: summarize(samples[name], workers[name].close()) for name in engines}
-    for r in results.values():
-        r["x_raw_ort"] = ratio(r["decode_tokens_per_s"], results.get("raw_ort", {}).get("decode_tokens_per_s"))
-        r["x_llama_cpp"] = ratio(r["decode_tokens_per_s"], results.get("llama_cpp", {}).get("decode_tokens_per_s"))
-    md = table(results)
-    print(md)
+    requested = [e for e in args.engines.split(",") if e]
+    skipped = skipped_engines(requested, spec)
+    engines = [e for e in requested if e not in skipped]
+    for name, why in skipped.items():
+        print(f"skipping {name}: {why}", file=sys.stderr)
+    workers: dict[str, Worker] = {}
+    try:
+        for name in engines:
+            workers[name] = Worker(name, spec)
+        messages = [[{"role": "user", "content": text}] for text in PROMPTS]
+        for w in workers.values():  # warm-up, not measured
+            w.ask(messages[0], 8)
+        samples: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
+        loads = []
+        for r in range(args.rounds):
+            loads.append(common.loadavg())
+            for i, msg in enumerate(messages):
+                k = (r * len(messages) + i) % len(engines)
+                for name in engines[k:] + engines[:k]:  # rotate who goes first
+                    sample = workers[name].ask(msg, args.max_new_tokens)
+                    samples[name].append({"round": r, "prompt": i, "streams": workers[name].info["streams"], **sample})
+                print(f"round {r + 1}/{args.rounds} prompt {i + 1}/{len(messages)}", file=sys.stderr, flush=True)
+    finally:
+        rss = {name: w.close() for name, w in workers.items()}
+    results = {}
+    for name in engines:
+        rounds = [round_figures([s for s in samples[name] if s["round"] == r]) for r in range(args.rounds)]
+        results[name] = {**workers[name].info, "peak_rss_mb": rss[name], "rounds": rounds, "samples": samples[name]}
+    extra = {"llama-server": common.llama_server_version(spec["llama_server"])} if spec.get("llama_server") else {}
+    payload = {
+        "benchmark": "decode",
+        "machine": {**common.machine_info(args.threads, extra), "loadavg_per_round": loads,
+                    "loadavg_at_end": common.loadavg()},
+        "config": {"threads": args.threads, "rounds": args.rounds, "max_new_tokens": args.max_new_tokens,
+                   "greedy": True, "prompts": PROMPTS, "engines": engines, "skipped": skipped,
+                   "reference": REFERENCE if REFERENCE in engines else (engines[0] if engines else None),
+                   "model": {"onnx_model_uri": spec["onnx_model_uri"],
+                             "transformers_model_uri": spec["transformers_model_uri"],
+                             "gguf": Path(spec["gguf"]).name if spec.get("gguf") else None},
+                   "seconds": round(time.perf_counter() - started, 1)},
+        "engines": results,
+        "replies": compare_replies(samples) if engines else {},
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "prompts": PROMPTS, "engines": engines}
-    out.with_suffix(".json").write_text(json.dumps({"config": meta, "results": results}, indent=2))
-    out.with_suffix(".md").write_text(md + "\n")
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    from benchmarks.report import decode_tables
+
+    print(decode_tables(payload, str(out)))
     return 0
 
 

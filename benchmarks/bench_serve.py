@@ -1,117 +1,378 @@
-"""Serving load benchmark: in-process predict vs `mlflow models serve` vs our OpenAI server, sequential and with
-8 concurrent clients, on the same prompts (greedy, fixed reply budget). Loopback only, bounded in count.
+"""Serving load benchmark: our OpenAI server (``steps.serve``) against llama.cpp's own server (``llama-server``) on
+the same model, same thread count, driven by one HTTP client (``benchmarks/client.py``), interleaved over rounds.
 
-    python -m benchmarks.bench_serve --model_uri models:/m-... [--requests 48] [--clients 8] [--max_tokens 32]
+    python -m benchmarks.bench_serve --model_uri models:/m-... [--threads N] [--clients 8] [--rounds 3]
+        [--servers chatpack,llama_server[,mlflow]] [--llama_server PATH] [--gguf PATH]
 
-Prints a markdown table; writes ``<out>.json`` and ``<out>.md``. Not part of the test suite.
+Workloads, each sequential (1 client) and with ``--clients`` concurrent clients:
+
+* ``uniform``: short prompts, greedy, whole replies (not streamed);
+* ``mixed``: half streamed, a third sampled with a per-request seed, a quarter of prompts long (~330 tokens);
+* ``multi-turn`` (sequential): conversations whose later turns are timed against a cold request with the same
+  history (a different tag at the very start of the conversation, so no server can reuse a cached prefix).
+
+Every failure is counted by kind (``http_<status>``, ``timeout``, ``connection``, ``broken_stream``, ``bad_reply``).
+Servers that are not being driven are paused (SIGSTOP on their process group). Loopback only; every server started
+is stopped at the end. Writes ``benchmarks/results/serve.json``; ``python -m benchmarks.report`` makes README's
+tables from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import free_port, wait_for_http
+from benchmarks import common
+from benchmarks.client import Reply, chat
 
-PROMPTS = [f"Tell me one fact about the number {i}." for i in range(16)]
+SHORT_PROMPTS = [f"Tell me one fact about the number {i}." for i in range(12)]
+LONG_PROMPT = (
+    "Here are my notes from this week's team meeting. " + " ".join(
+        f"Item {i}: the {topic} work is {state}, and the owner asked for feedback by {day}."
+        for i, (topic, state, day) in enumerate([
+            ("database migration", "two days late", "Monday"), ("login page", "finished", "Tuesday"),
+            ("billing report", "blocked on data access", "Wednesday"), ("mobile app", "in review", "Thursday"),
+            ("search index", "half done", "Friday"), ("onboarding guide", "not started", "next Monday"),
+            ("security audit", "scheduled", "next Tuesday"), ("cost dashboard", "in testing", "next Friday"),
+        ] * 2)) + " Which item should I look at first, and why?")
+CONVERSATIONS = [
+    ["I am planning a vegetable garden on a small balcony. " + LONG_PROMPT.split(". ", 1)[0] + ". What should I grow?",
+     "Which of those needs the least water?", "How often should I water it in summer?"],
+    ["Explain what a database index is, in plain words.", "When does an index make things slower?",
+     "Give me one rule of thumb for choosing which columns to index."],
+    [LONG_PROMPT, "Who should I talk to first about the billing report?", "Draft a two-line message to them."],
+    ["I want to start running. How should I begin?", "How do I avoid sore knees?", "What should I eat before a run?"],
+]
 
 
-def _post(url: str, body: dict[str, Any]) -> tuple[float, dict | list]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+@dataclass
+class Server:
+    """One server under test: how to start it, where it answers, and how it counts reply tokens."""
+
+    name: str
+    label: str
+    cmd: list[str]
+    health: str
+    route: str
+    streams: bool = True
+    eos_counted: bool = False  # the server's completion_tokens include the EOS token it stopped on
+    threads: str = ""
+    notes: str = ""
+    version: str = ""
+    port: int = 0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.route}"
+
+    def start(self, log_dir: Path) -> None:
+        self.port = common.free_port()
+        cmd = [c.replace("{port}", str(self.port)) for c in self.cmd]
+        log = open(log_dir / f"{self.name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=common.ROOT)
+        log.close()
+        common.wait_for_http(f"http://127.0.0.1:{self.port}{self.health}", timeout=600, proc=self.proc)
+        logged = (log_dir / f"{self.name}.log").read_text(errors="replace")
+        if "threads were ignored" in logged:  # MLflow's warning when the logged model_config lacks the key
+            self.threads += ("; NOT APPLIED: MLflow dropped model_config 'threads' (not in the logged model_config),"
+                             " so onnxruntime ran with its default (physical cores)")
+
+    def pause(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def peak_rss_mb(self) -> float | None:
+        """VmHWM of the server's processes (the leader and its children), summed."""
+        if self.proc is None:
+            return None
+        total = 0.0
+        for pid in [self.proc.pid] + _children(self.proc.pid):
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) / 1024
+            except OSError:
+                pass
+        return total or None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGCONT)
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=30)
+            except (ProcessLookupError, PermissionError):
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+
+    def reply_tokens(self, reply: Reply) -> int | None:
+        """Reply tokens from the server's own usage, EOS not counted (we never send stop strings, so a "stop"
+        finish is an EOS)."""
+        if reply.completion_tokens is None:
+            return None
+        return reply.completion_tokens - (1 if self.eos_counted and reply.finish_reason == "stop" else 0)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, timeout=10)
+        kids = [int(x) for x in out.stdout.split()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    return kids + [g for k in kids for g in _children(k)]
+
+
+def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]]:
+    servers, skipped = [], {}
+    threads = str(args.threads)
+    for name in [s for s in args.servers.split(",") if s]:
+        if name == "chatpack":
+            servers.append(Server(
+                "chatpack", "`chatpack serve` (ONNX int4)",
+                [sys.executable, "-m", "steps.serve", "--model_uri", args.model_uri, "--port", "{port}",
+                 "--threads", threads, "--queue_size", str(max(64, 4 * args.clients))],
+                "/health", "/v1/chat/completions", threads=f"--threads {threads} (onnxruntime intra-op)"))
+        elif name == "llama_server":
+            binary, gguf = common.find_llama_server(args.llama_server or None), args.gguf or common.bundled_gguf_path()
+            if not binary or not gguf:
+                skipped[name] = "llama-server not built (benchmarks/build_llama_server.sh)" if not binary \
+                    else "bundled GGUF not installed"
+                continue
+            slots, version = str(args.clients), common.llama_server_version(binary)
+            servers.append(Server(
+                "llama_server", f"llama.cpp `llama-server` (Q4_1 GGUF, {slots} slots)",
+                [binary, "-m", gguf, "-t", threads, "-tb", threads, "-np", slots, "-c", str(2048 * args.clients),
+                 "--host", "127.0.0.1", "--port", "{port}"],
+                "/health", "/v1/chat/completions", eos_counted=True, threads=f"-t {threads} -tb {threads}",
+                notes="defaults otherwise (prompt cache on)", version=version))
+        elif name == "mlflow":
+            servers.append(Server(
+                "mlflow", "`mlflow models serve` (ONNX int4)",
+                [sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model_uri, "--env-manager", "local",
+                 "-h", "127.0.0.1", "-p", "{port}"],
+                "/ping", "/invocations", streams=False, threads="onnxruntime default (no way to pass threads)",
+                notes="no streaming route: uniform workload only"))
+        else:
+            raise SystemExit(f"--servers: unknown server {name!r} (chatpack, llama_server, mlflow)")
+    return servers, skipped
+
+
+# -- workloads -------------------------------------------------------------------------------------------------------
+def uniform_bodies(n: int, max_tokens: int) -> list[dict[str, Any]]:
+    return [{"messages": [{"role": "user", "content": SHORT_PROMPTS[i % len(SHORT_PROMPTS)]}],
+             "max_tokens": max_tokens, "temperature": 0.0} for i in range(n)]
+
+
+def mixed_bodies(n: int, max_tokens: int) -> list[dict[str, Any]]:
+    """Request i: streamed when i is even; sampled (seed 1000 + i) when i % 3 == 0; long prompt when i % 4 >= 2."""
+    bodies = []
+    for i in range(n):
+        prompt = LONG_PROMPT if i % 4 >= 2 else SHORT_PROMPTS[i % len(SHORT_PROMPTS)]
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+        if i % 3 == 0:
+            body.update(temperature=0.8, top_p=0.95, seed=1000 + i)
+        else:
+            body["temperature"] = 0.0
+        if i % 2 == 0:
+            body.update(stream=True, stream_options={"include_usage": True})
+        bodies.append(body)
+    return bodies
+
+
+def run_load(server: Server, bodies: list[dict[str, Any]], clients: int, timeout: float) -> tuple[list[Reply], float]:
     start = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=300) as resp:
-        reply = json.loads(resp.read())
-    return time.perf_counter() - start, reply
+    if clients == 1:
+        replies = [chat(server.url, b, timeout) for b in bodies]
+    else:
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            replies = list(pool.map(lambda b: chat(server.url, b, timeout), bodies))
+    return replies, time.perf_counter() - start
 
 
-def _text(reply: dict | list) -> str:
-    reply = reply[0] if isinstance(reply, list) else reply
-    return reply["choices"][0]["message"]["content"]
+def load_figures(server: Server, bodies: list[dict[str, Any]], replies: list[Reply], wall: float,
+                 reference: list[Reply] | None) -> dict[str, Any]:
+    """One row's figures for one round; ``reference`` is the same server's sequential run of the same bodies."""
+    ok = [r for r in replies if r.ok]
+    failures: dict[str, int] = {}
+    for r in replies:
+        if not r.ok:
+            failures[r.failure] = failures.get(r.failure, 0) + 1
+    tokens = [server.reply_tokens(r) for r in ok]
+    streamed = [r.ttft_s for r in ok if r.streamed and r.ttft_s is not None]
+    figures = {
+        "requests": len(replies), "ok": len(ok), "failures": failures,
+        "failure_details": sorted({f"{r.failure}: {r.detail[:120]}" for r in replies if not r.ok})[:5],
+        "wall_s": wall, "reply_tokens": sum(t for t in tokens if t is not None),
+        "tokens_missing_usage": sum(t is None for t in tokens),
+        "tokens_per_s": sum(t for t in tokens if t is not None) / wall,
+        "requests_per_s": len(ok) / wall,
+        "ttft_p50_s": common.percentile(streamed, 50),
+        "latency_p50_s": common.percentile([r.total_s for r in ok], 50),
+        "latency_p95_s": common.percentile([r.total_s for r in ok], 95),
+        "mean_reply_tokens": (sum(t for t in tokens if t is not None) / len(tokens)) if tokens else None,
+    }
+    if reference is not None:
+        for kind, pick in (("greedy", lambda b: not b.get("temperature")), ("seeded", lambda b: "seed" in b)):
+            pairs = [(a, b) for body, a, b in zip(bodies, replies, reference) if pick(body) and a.ok and b.ok]
+            figures[f"{kind}_identical_to_sequential"] = (sum(a.text == b.text for a, b in pairs) / len(pairs)
+                                                          if pairs else None)
+    return figures
 
 
-def _stats(name: str, latencies: list[float], wall: float, texts: list[str], reference: list[str]) -> dict[str, Any]:
-    ordered = sorted(latencies)
-    return {"mode": name, "requests": len(latencies), "wall_s": wall, "requests_per_s": len(latencies) / wall,
-            "p50_ms": statistics.median(ordered) * 1000, "p95_ms": ordered[int(0.95 * (len(ordered) - 1))] * 1000,
-            "failures": 0, "identical_to_sequential": texts == reference}
+def conversation_turns(server: Server, max_tokens: int, timeout: float, rnd: int) -> dict[str, Any]:
+    """Each conversation turn by turn (streamed, greedy); every later turn is followed by a cold request with the
+    same history under another tag. Returns the round's warm/cold TTFTs and failures."""
+    warm, cold, ratios, warm_prompt, cold_prompt, failures = [], [], [], [], [], {}
+
+    def count(reply: Reply) -> bool:
+        if not reply.ok:
+            failures[reply.failure] = failures.get(reply.failure, 0) + 1
+        return reply.ok
+
+    for c, turns in enumerate(CONVERSATIONS):
+        history: list[dict[str, str]] = []
+        for t, user in enumerate(turns):
+            history.append({"role": "user", "content": user})
+            tag = {"role": "system", "content": f"[r{rnd}c{c}w] You are a concise, helpful assistant."}
+            body = {"messages": [tag] + history, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            reply = chat(server.url, body, timeout)
+            if not count(reply):
+                break
+            if t > 0:
+                cold_tag = {"role": "system", "content": f"[r{rnd}c{c}k] You are a concise, helpful assistant."}
+                other = chat(server.url, {**body, "messages": [cold_tag] + history}, timeout)
+                if count(other) and reply.ttft_s and other.ttft_s:
+                    warm.append(reply.ttft_s)
+                    cold.append(other.ttft_s)
+                    ratios.append(reply.ttft_s / other.ttft_s)
+                    warm_prompt.append(reply.prompt_tokens)
+                    cold_prompt.append(other.prompt_tokens)
+            history.append({"role": "assistant", "content": reply.text})
+    return {"pairs": len(warm), "failures": failures,
+            "warm_ttft_s": common.percentile(warm, 50), "cold_ttft_s": common.percentile(cold, 50),
+            "warm_over_cold": common.percentile(ratios, 50),
+            "warm_prompt_tokens": common.percentile([p for p in warm_prompt if p is not None], 50),
+            "cold_prompt_tokens": common.percentile([p for p in cold_prompt if p is not None], 50)}
 
 
-def _run_http(url: str, bodies: list[dict], clients: int) -> tuple[list[float], float, list[str]]:
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        results = list(pool.map(lambda b: _post(url, b), bodies))
-    return [r[0] for r in results], time.perf_counter() - start, [_text(r[1]) for r in results]
-
-
-def _server(cmd: list[str], health: str) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_http(health, timeout=300, proc=proc)
-    return proc
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model_uri", required=True, help="The ONNX pyfunc model `chatpack serve` serves.")
+    p.add_argument("--servers", default="chatpack,llama_server", help="Comma-separated: chatpack, llama_server, "
+                                                                      "mlflow (uniform workload only).")
+    p.add_argument("--threads", type=int, default=common.physical_cores(),
+                   help="Compute threads of every server (default: physical cores).")
+    p.add_argument("--clients", type=int, default=8, help="Concurrent clients (and llama-server slots).")
+    p.add_argument("--requests", type=int, default=24, help="Requests per workload and round (>= clients).")
+    p.add_argument("--max_tokens", type=int, default=32, help="Reply budget per request.")
+    p.add_argument("--turn_tokens", type=int, default=48, help="Reply budget per conversation turn.")
+    p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds (>= 3).")
+    p.add_argument("--timeout", type=float, default=120.0, help="Per-request timeout in seconds.")
+    p.add_argument("--llama_server", default="", help="llama-server binary (default: $LLAMA_SERVER, the build "
+                                                      "script's folder, PATH).")
+    p.add_argument("--gguf", default="", help="GGUF for llama-server (default: the bundled SmolLM2 file).")
+    p.add_argument("--out", default=str(common.RESULTS / "serve.json"), help="Results JSON.")
+    p.add_argument("--log_dir", default="", help="Where server logs go (default: a temporary folder).")
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_uri", required=True, help="The ONNX pyfunc model to serve.")
-    p.add_argument("--requests", type=int, default=48, help="Requests per mode.")
-    p.add_argument("--clients", type=int, default=8, help="Concurrent clients in the concurrent modes.")
-    p.add_argument("--max_tokens", type=int, default=32, help="Reply budget per request (greedy).")
-    p.add_argument("--out", default="benchmarks/results/serve", help="Output path without extension.")
-    args = p.parse_args(argv)
+    import tempfile
 
-    import mlflow
-
-    bodies = [{"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": args.max_tokens}
-              for i in range(args.requests)]
-    model = mlflow.pyfunc.load_model(args.model_uri)
-    model.predict(bodies[0])
-    start, latencies, reference = time.perf_counter(), [], []
-    for body in bodies:
-        t0 = time.perf_counter()
-        reference.append(_text(model.predict(body)))
-        latencies.append(time.perf_counter() - t0)
-    rows = [_stats("in-process predict, sequential", latencies, time.perf_counter() - start, reference, reference)]
-    del model
-
-    servers = {
-        "mlflow models serve": ([sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model_uri,
-                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}"], "/ping", "/invocations"),
-        "chatpack serve": ([sys.executable, "-m", "steps.serve", "--model_uri", args.model_uri, "--port", "{port}",
-                            "--queue_size", str(args.requests)], "/health", "/v1/chat/completions"),
+    args = parse_args(argv)
+    if args.rounds < 3 or args.threads < 1 or args.clients < 2 or args.requests < args.clients:
+        raise SystemExit("need --rounds >= 3, --threads >= 1, --clients >= 2, --requests >= --clients")
+    started = time.perf_counter()
+    servers, skipped = make_servers(args)
+    for name, why in skipped.items():
+        print(f"skipping {name}: {why}", file=sys.stderr)
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench-serve-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workloads = {"uniform": uniform_bodies(args.requests, args.max_tokens),
+                 "mixed": mixed_bodies(args.requests, args.max_tokens)}
+    rows: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    turns: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+    loads, rss = [], {}
+    try:
+        for s in servers:
+            s.start(log_dir)
+            for body in (workloads["uniform"][0], workloads["mixed"][0]):  # warm-up, not measured
+                if s.streams or not body.get("stream"):
+                    chat(s.url, body, args.timeout)
+            s.pause()
+        for r in range(args.rounds):
+            loads.append(common.loadavg())
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            for workload, bodies in workloads.items():
+                for s in order:
+                    if not s.streams and workload != "uniform":
+                        continue
+                    s.resume()
+                    try:
+                        seq, wall = run_load(s, bodies, 1, args.timeout)
+                        rows.setdefault((s.name, workload, 1), []).append(load_figures(s, bodies, seq, wall, None))
+                        par, wall = run_load(s, bodies, args.clients, args.timeout)
+                        rows.setdefault((s.name, workload, args.clients), []).append(
+                            load_figures(s, bodies, par, wall, seq))
+                    finally:
+                        s.pause()
+                    print(f"round {r + 1}/{args.rounds} {workload} {s.name} done", file=sys.stderr, flush=True)
+            for s in order:
+                if not s.streams:
+                    continue
+                s.resume()
+                try:
+                    turns[s.name].append(conversation_turns(s, args.turn_tokens, args.timeout, r))
+                finally:
+                    s.pause()
+            print(f"round {r + 1}/{args.rounds} multi-turn done", file=sys.stderr, flush=True)
+    finally:
+        for s in servers:
+            rss[s.name] = s.peak_rss_mb()
+            s.stop()
+    extra = {"llama-server": s.version for s in servers if s.version}
+    payload = {
+        "benchmark": "serve",
+        "machine": {**common.machine_info(args.threads, extra), "loadavg_per_round": loads,
+                    "loadavg_at_end": common.loadavg()},
+        "config": {"threads": args.threads, "clients": args.clients, "requests": args.requests,
+                   "max_tokens": args.max_tokens, "turn_tokens": args.turn_tokens, "rounds": args.rounds,
+                   "timeout_s": args.timeout, "model_uri": args.model_uri, "skipped": skipped,
+                   "workloads": {"uniform": "short prompts, greedy, whole replies",
+                                 "mixed": "half streamed, a third sampled with a seed, a quarter long prompts"},
+                   "conversations": len(CONVERSATIONS), "seconds": round(time.perf_counter() - started, 1)},
+        "servers": {s.name: {"label": s.label, "command": [c.replace(str(common.ROOT) + "/", "")
+                                                              for c in s.cmd],
+                             "threads": s.threads, "eos_counted_by_server": s.eos_counted, "streams": s.streams,
+                             "notes": s.notes, "peak_rss_mb": rss.get(s.name)} for s in servers},
+        "rows": [{"server": name, "workload": workload, "clients": clients, "rounds": figures}
+                 for (name, workload, clients), figures in rows.items()],
+        "multi_turn": [{"server": name, "rounds": figures} for name, figures in turns.items() if figures],
     }
-    for name, (cmd, health, route) in servers.items():
-        port = free_port()
-        proc = _server([c.replace("{port}", str(port)) for c in cmd], f"http://127.0.0.1:{port}{health}")
-        try:
-            url = f"http://127.0.0.1:{port}{route}"
-            _post(url, bodies[0])
-            for clients in (1, args.clients):
-                lat, wall, texts = _run_http(url, bodies, clients)
-                rows.append(_stats(f"{name}, {clients} client{'s' if clients > 1 else ''}", lat, wall, texts,
-                                   reference))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-    base = rows[0]["requests_per_s"]
-    for row in rows:
-        row["throughput_vs_in_process"] = row["requests_per_s"] / base
-    md = ["| mode | requests | req/s | x in-process | p50 ms | p95 ms | identical replies |",
-          "|---|---|---|---|---|---|---|"]
-    md += [f"| {r['mode']} | {r['requests']} | {r['requests_per_s']:.2f} | {r['throughput_vs_in_process']:.2f} | "
-           f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['identical_to_sequential']} |" for r in rows]
-    table = "\n".join(md)
-    print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"config": vars(args), "results": rows}, indent=2))
-    out.with_suffix(".md").write_text(table + "\n")
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    from benchmarks.report import serve_tables
+
+    print(serve_tables(payload, str(out)))
     return 0
 
 

@@ -1,0 +1,206 @@
+"""README's benchmark tables, generated from the committed results files.
+
+    python -m benchmarks.report            # rewrite the tables between the marker comments in README.md
+    python -m benchmarks.report --check    # exit 1 when README's tables differ from what the results give
+
+Every figure is the median over rounds with the min-max range in brackets; each table names the file it came from.
+Only the text between ``<!-- benchmarks:<name>:begin ... -->`` and ``<!-- benchmarks:<name>:end -->`` is replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, ratio, spread
+
+MARKER_BEGIN = "<!-- benchmarks:{name}:begin"
+MARKER_END = "<!-- benchmarks:{name}:end -->"
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_spread(values: list[float | None], digits: int = 1) -> str:
+    """``median (min-max)`` of the values that exist; ``n/a`` when none do."""
+    s = spread(values)
+    if s is None:
+        return "n/a"
+    if s["n"] == 1 or f"{s['min']:.{digits}f}" == f"{s['max']:.{digits}f}":
+        return fmt(s["median"], digits) + (" (1 round)" if s["n"] == 1 else "")
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def fmt_share(value: float | None) -> str:
+    return "n/a" if value is None else f"{round(100 * value)}%"
+
+
+def failure_counts(rounds: list[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for r in rounds:
+        for kind, n in (r.get("failures") or {}).items():
+            total[kind] = total.get(kind, 0) + n
+    return total
+
+
+def fmt_failures(rounds: list[dict[str, Any]]) -> str:
+    counts = failure_counts(rounds)
+    requests = sum(r.get("requests", 0) for r in rounds)
+    if not counts:
+        return f"0/{requests}" if requests else "0"
+    detail = ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items()))
+    head = f"{sum(counts.values())}/{requests}" if requests else str(sum(counts.values()))
+    return f"{head} ({detail})"
+
+
+def machine_line(payload: dict[str, Any], source: str) -> str:
+    m, c = payload["machine"], payload["config"]
+    libs = m.get("libraries", {})
+    wanted = ("onnxruntime-genai", "onnxruntime", "transformers", "torch", "mlflow", "llama-server", "llama-cpp-python")
+    versions = ", ".join(f"{k} {libs[k]}" for k in wanted if k in libs)
+    loads = [x[0] for x in m.get("loadavg_per_round") or [] if x]
+    load = f"; 1-min load average at round start {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+    return (f"Source: `{source}` ({m.get('date', '?')[:10]}, commit {m.get('git_commit') or '?'}). "
+            f"{m.get('cpu_model')}, {m.get('physical_cores')} physical cores / {m.get('logical_cpus')} logical, "
+            f"{m.get('memory_gib')} GiB; {c['threads']} threads for every engine; {c['rounds']} interleaved rounds"
+            f"{load}. {versions}.")
+
+
+# -- decode ----------------------------------------------------------------------------------------------------------
+def decode_tables(payload: dict[str, Any], source: str = "benchmarks/results/decode.json") -> str:
+    engines, config = payload["engines"], payload["config"]
+    ref = config.get("reference")
+    peer = "llama_server" if "llama_server" in engines else ("llama_cpp" if "llama_cpp" in engines else None)
+    identical = payload.get("replies", {}).get("identical_share", {})
+    stable = payload.get("replies", {}).get("same_text_every_round", {})
+    head = ["| engine | threads | decode tok/s | TTFT s | e2e tok/s | latency p50 s | reply tokens | "
+            f"x {peer or 'llama.cpp'} decode | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for name, e in engines.items():
+        rounds = e["rounds"]
+        peer_rounds = engines[peer]["rounds"] if peer else []
+        vs_peer = [ratio(a["decode_tokens_per_s"], b["decode_tokens_per_s"]) for a, b in zip(rounds, peer_rounds)]
+        ttft = fmt_spread([r["ttft_s"] for r in rounds], 3) + ("" if e.get("streams", True) else " (whole reply)")
+        rows.append(f"| {e.get('label') or name} | {e.get('threads') or config['threads']} | "
+                    f"{fmt_spread([r['decode_tokens_per_s'] for r in rounds])} | {ttft} | "
+                    f"{fmt_spread([r['e2e_tokens_per_s'] for r in rounds])} | "
+                    f"{fmt_spread([r['latency_s'] for r in rounds], 2)} | "
+                    f"{fmt_spread([r['reply_tokens'] for r in rounds])} | {fmt_spread(vs_peer, 2)} | "
+                    f"{fmt(e.get('peak_rss_mb'), 0)} |")
+    for name, why in (config.get("skipped") or {}).items():
+        rows.append(f"| {name} | | skipped: {why} | | | | | | |")
+    names = list(engines)
+    comp = ["| engine | same text every round | " + " | ".join(f"= {n}" for n in names) + " |",
+            "|---|---|" + "---|" * len(names)]
+    for a in names:
+        comp.append(f"| {a} | {fmt_share(stable.get(a))} | " +
+                    " | ".join(fmt_share(identical.get(a, {}).get(b)) for b in names) + " |")
+    note = (f"{len(config['prompts'])} prompts x {config['rounds']} rounds, {config['max_new_tokens']} new tokens, "
+            f"greedy; reference for reply texts: {ref}.")
+    return "\n".join([machine_line(payload, source), "", note, "", *head, *rows, "",
+                      "Greedy reply texts: share of (prompt, round) pairs with identical text.", "", *comp])
+
+
+# -- serve -----------------------------------------------------------------------------------------------------------
+def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serve.json") -> str:
+    servers, config = payload["servers"], payload["config"]
+    by_key = {(row["server"], row["workload"], row["clients"]): row for row in payload["rows"]}
+    head = ["| server | workload | clients | tok/s | x 1 client | req/s | TTFT p50 s (streamed) | latency p50 s | "
+            "latency p95 s | failures | greedy = sequential | reply tokens |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for row in payload["rows"]:
+        rounds = row["rounds"]
+        solo = by_key.get((row["server"], row["workload"], 1))
+        scale = "1.00" if row["clients"] == 1 else fmt_spread(
+            [ratio(a["tokens_per_s"], b["tokens_per_s"]) for a, b in zip(rounds, solo["rounds"])] if solo else [], 2)
+        label = servers.get(row["server"], {}).get("label", row["server"])
+        rows.append(f"| {label} | {row['workload']} | {row['clients']} | "
+                    f"{fmt_spread([r['tokens_per_s'] for r in rounds])} | {scale} | "
+                    f"{fmt_spread([r['requests_per_s'] for r in rounds], 2)} | "
+                    f"{fmt_spread([r.get('ttft_p50_s') for r in rounds], 3)} | "
+                    f"{fmt_spread([r['latency_p50_s'] for r in rounds], 2)} | "
+                    f"{fmt_spread([r['latency_p95_s'] for r in rounds], 2)} | {fmt_failures(rounds)} | "
+                    f"{fmt_share(_mean([r.get('greedy_identical_to_sequential') for r in rounds]))} | "
+                    f"{fmt_spread([r.get('mean_reply_tokens') for r in rounds])} |")
+    for name, why in (config.get("skipped") or {}).items():
+        rows.append(f"| {name} | skipped: {why} | | | | | | | | | | |")
+    turns = ["| server | later turn TTFT s | cold, same history TTFT s | later / cold | prompt tokens (later / cold) "
+             "| failures |", "|---|---|---|---|---|---|"]
+    for item in payload.get("multi_turn", []):
+        rounds = item["rounds"]
+        label = servers.get(item["server"], {}).get("label", item["server"])
+        turns.append(f"| {label} | {fmt_spread([r['warm_ttft_s'] for r in rounds], 3)} | "
+                     f"{fmt_spread([r['cold_ttft_s'] for r in rounds], 3)} | "
+                     f"{fmt_spread([r['warm_over_cold'] for r in rounds], 2)} | "
+                     f"{fmt_spread([r['warm_prompt_tokens'] for r in rounds], 0)} / "
+                     f"{fmt_spread([r['cold_prompt_tokens'] for r in rounds], 0)} | {fmt_failures(rounds)} |")
+    started = "; ".join(f"{v['label']}: `{' '.join(_short(c) for c in v['command'])}`" for v in servers.values())
+    note = (f"{config['requests']} requests per workload and round, {config['max_tokens']} reply tokens, "
+            f"{config['clients']} concurrent clients; multi-turn: {config['conversations']} conversations x 3 turns, "
+            f"{config['turn_tokens']} tokens per turn, one client. Servers: {started}.")
+    return "\n".join([machine_line(payload, source), "", note, "", *head, *rows, "", *turns])
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _short(arg: str) -> str:
+    """Command arguments as README shows them: file paths by their last part."""
+    return Path(arg).name if "/" in arg and not arg.startswith("models:/") else arg
+
+
+# -- README ----------------------------------------------------------------------------------------------------------
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with the block between the markers of ``name`` replaced by ``body``; raises when markers are missing."""
+    begin, end = MARKER_BEGIN.format(name=name), MARKER_END.format(name=name)
+    pattern = re.compile(re.escape(begin) + r"[^\n]*-->\n(.*?)" + re.escape(end), re.S)
+    match = pattern.search(text)
+    if match is None:
+        raise ValueError(f"README has no '{begin} ... -->' / '{end}' markers")
+    return text[:match.start(1)] + body.rstrip("\n") + "\n" + text[match.end(1):]
+
+
+def build(results: Path) -> dict[str, str]:
+    blocks = {}
+    for name, builder in (("decode", decode_tables), ("serve", serve_tables)):
+        path = results / f"{name}.json"
+        if path.is_file():
+            try:
+                source = str(path.resolve().relative_to(ROOT))
+            except ValueError:
+                source = str(path)
+            blocks[name] = builder(json.loads(path.read_text()), source)
+    return blocks
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="Folder with decode/serve.json.")
+    p.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update.")
+    p.add_argument("--check", action="store_true", help="Only compare; exit 1 when README is out of date.")
+    args = p.parse_args(argv)
+    readme = Path(args.readme)
+    text = readme.read_text()
+    new = text
+    for name, body in build(Path(args.results)).items():
+        new = replace_block(new, name, body)
+    if args.check:
+        if new != text:
+            print(f"{readme}: benchmark tables are out of date; run python -m benchmarks.report", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
