@@ -136,7 +136,7 @@ LONG = [{"role": "user", "content": "word " * 600}]
         ({"messages": CONVERSATION, "max_tokens": -3}, "max_tokens: must be >= 1"),
         ({"messages": CONVERSATION, "max_tokens": "ten"}, "max_tokens"),
         ({"messages": CONVERSATION, "temperature": -0.5}, "temperature: must be between 0 and 2"),
-        ({"messages": CONVERSATION, "top_p": 1.5}, "top_p: must be between 0 and 1"),
+        ({"messages": CONVERSATION, "top_p": 1.5}, r"top_p: must be in \(0, 1\], got 1.5"),
         ({"messages": CONVERSATION, "top_p": 0.0}, r"top_p: must be in \(0, 1\]"),
         ({"messages": CONVERSATION, "n": 2, "stream": True}, None),
         ({"messages": LONG}, "messages: the prompt is .* tokens; this model's context is 512"),
@@ -275,7 +275,7 @@ def test_mlflow_models_serve_answers_both_input_forms(onnx_model_uri, onnx_model
         status, body = post(url, json.dumps({"prompt": prompt, "max_tokens": 6}).encode())
         assert status == 200 and body == [content(ask(onnx_model, max_tokens=6))]
         status, body = post(url, json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode())
-        assert status == 400 and "messages[0].role" in body["message"]
+        assert status == 400 and "messages[0].role" in body["message"] and body["param"] == "messages"
     finally:
         server.terminate()
         server.wait(timeout=30)

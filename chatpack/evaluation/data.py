@@ -51,7 +51,7 @@ def load_eval_rows(path: str | Path) -> list[EvalRow]:
         seen.add(obj["id"])
         try:
             messages = parse_request({"messages": obj["messages"]}).messages or []
-        except ValueError as exc:
+        except ValueError as exc:  # a RequestError naming the field
             raise ValueError(f"{where}: {exc}") from None
         rules = obj.get("rules", [])
         for rule in rules:

@@ -28,19 +28,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatpack.protocol.chat_request import ChatRequest, RequestError, parse_request
+from chatpack.protocol.chat_request import ChatRequest, parse_request
+from chatpack.protocol.errors import RequestError, error_body, openai_error
 from chatpack.protocol.replies import chat_chunk
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE, ServedModel
 
 logger = logging.getLogger(__name__)
 
-_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_exceeded",
-                500: "server_error", 503: "service_unavailable"}
-
 
 def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
-    code = _ERROR_TYPES.get(status, "error")
-    return JSONResponse({"error": {"message": message, "type": code, "param": param, "code": code}}, status)
+    return JSONResponse(error_body(status, message, param), status)
 
 
 def model_payload(request: ChatRequest) -> dict[str, Any]:
@@ -59,14 +56,12 @@ def model_payload(request: ChatRequest) -> dict[str, Any]:
 
 
 def _as_error(exc: Exception) -> JSONResponse:
-    from mlflow.exceptions import MlflowException
-
-    if isinstance(exc, MlflowException) and exc.get_http_status_code() == 400:
-        message = exc.message
-        param = message.split(":", 1)[0].split("[")[0].split(".")[0] if ":" in message else None
-        return error_response(400, message, param if param and " " not in param else None)
-    logger.exception("generation failed", exc_info=exc)
-    return error_response(500, f"generation failed: {type(exc).__name__}")
+    """Any exception from parsing or from the model as OpenAI's error body: 400 with ``param`` for a bad request
+    (whichever copy of ``RequestError`` raised it, or any other 400 ``MlflowException``), 500 otherwise."""
+    status, body = openai_error(exc)
+    if status == 500:
+        logger.exception("generation failed", exc_info=exc)
+    return JSONResponse(body, status)
 
 
 def _whole_reply_chunks(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -117,7 +112,7 @@ def create_app(served: ServedModel, load_in_background: bool = True) -> FastAPI:
             if chat.prompt is not None:
                 raise RequestError("prompt", "prompt: not a chat-completions field; send 'messages'")
         except RequestError as exc:
-            return error_response(400, str(exc), exc.param)
+            return _as_error(exc)
         if not served.admit():
             return error_response(429, f"server busy: {served.queue_size} requests already queued; retry later")
         payload = model_payload(chat)

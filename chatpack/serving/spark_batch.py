@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chatpack.protocol.chat_request import parse_request
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,8 +40,6 @@ def spark_types():
 
 def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     """JSONL rows with ``messages`` (and optionally ``id``); the eval set format works as is."""
-    from chatpack.protocol.chat_request import RequestError, parse_request
-
     rows = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
@@ -47,7 +47,7 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
         try:
             obj = json.loads(line)
             messages = parse_request({"messages": obj.get("messages")}).messages
-        except (ValueError, RequestError) as exc:
+        except ValueError as exc:  # bad JSON, or a RequestError (a ValueError too) naming the field
             raise ValueError(f"input_path: {path}:{number}: {exc}") from None
         rows.append({"id": str(obj.get("id", number)), "messages": messages})
     if not rows:

@@ -7,15 +7,18 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import mlflow
 from mlflow.models import ModelSignature
 from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA, CHAT_MODEL_OUTPUT_SCHEMA
-from mlflow.types.schema import ColSpec, DataType, Schema
+from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from chatpack.flavours.model_config import GenerationDefaults, source_metadata
 from chatpack.flavours.onnx_chat.pyfunc_model import ONNX_ARTIFACT_KEY
 from chatpack.pins import ONNX_MODEL_PACKAGES, installed_pins
+from chatpack.protocol.request_model import ChatBody, PromptBody
 from chatpack.sources.fetch import FetchedModel
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,15 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder holding ``chatp
 RUNTIME_PACKAGES = ("chatpack/protocol", "chatpack/engine")
 RUNTIME_FILES = ("chatpack/__init__.py", "chatpack/flavours/__init__.py", "chatpack/flavours/onnx_chat/__init__.py",
                  "chatpack/flavours/onnx_chat/pyfunc_model.py")
+
+# Fields of MLflow's chat schema that the request models refuse by name. Declared anyway: MLflow drops undeclared
+# fields silently, declared ones reach the model, which answers 400 naming them.
+REFUSED_CHAT_COLUMNS = ("frequency_penalty", "presence_penalty", "tools", "custom_inputs")
+# Request-model fields left out of the signature (MLflow drops them before the model). stream_options: only streaming
+# reads it, which ``mlflow models serve`` does not do, and an optional object column fails MLflow's enforcement of a
+# multi-row request in which some row does not set it.
+UNDECLARED_FIELDS = ("stream_options",)
+_SCALARS = {str: DataType.string, int: DataType.long, float: DataType.double, bool: DataType.boolean}
 
 
 def runtime_files() -> list[str]:
@@ -47,13 +59,41 @@ def stage_runtime(dest: Path) -> Path:
 
 
 def chat_or_prompt_signature() -> ModelSignature:
-    """MLflow's chat-completions input schema with ``messages`` made optional and a ``prompt`` string added, so one
-    model (and one ``mlflow models serve``) takes both the chat form and the raw-prompt form."""
-    columns = [ColSpec(c.type, c.name, required=False) if c.name == "messages" else c
-               for c in CHAT_MODEL_INPUT_SCHEMA.inputs]
-    columns.insert(1, ColSpec(DataType.string, "prompt", required=False))
-    columns.append(ColSpec(DataType.long, "seed", required=False))
+    """The input schema, derived from the request models (:mod:`chatpack.protocol.request_model`) so that one model
+    (and one ``mlflow models serve``) takes both the chat form and the raw-prompt form.
+
+    Every field of ``ChatBody`` and ``PromptBody`` but :data:`UNDECLARED_FIELDS` is an optional column. Where MLflow's
+    chat schema (``CHAT_MODEL_INPUT_SCHEMA``) has the field, its column is used as is: ``messages`` keeps MLflow's
+    message type (a superset of ours: OpenAI's tool fields reach the model and are refused by name) and ``stop`` is an
+    array of strings (a bare string is not expressible). :data:`REFUSED_CHAT_COLUMNS` are declared too. Column order:
+    MLflow's chat schema (``prompt`` second), then our other fields in declaration order.
+    """
+    chat = {c.name: c for c in CHAT_MODEL_INPUT_SCHEMA.inputs}
+    fields = {n: f for n, f in {**ChatBody.model_fields, **PromptBody.model_fields}.items()
+              if n not in UNDECLARED_FIELDS}
+    names = [n for n in chat if n in fields or n in REFUSED_CHAT_COLUMNS]
+    names.insert(1, "prompt")
+    names += [n for n in fields if n not in names]
+    columns = [_optional(chat[n]) if n in chat else ColSpec(mlflow_type(fields[n].annotation), n, required=False)
+               for n in names]
     return ModelSignature(inputs=Schema(columns), outputs=CHAT_MODEL_OUTPUT_SCHEMA)
+
+
+def mlflow_type(annotation: Any) -> DataType | Array:
+    """The MLflow schema type of a request-model field's annotation; ``X | None`` is ``X`` (every column is optional),
+    ``Annotated[X, ...]`` is ``X``."""
+    origin, args = get_origin(annotation), [a for a in get_args(annotation) if a is not type(None)]
+    if origin in (Union, UnionType) and len(args) == 1 or origin is Annotated:
+        return mlflow_type(args[0])
+    if origin is list:
+        return Array(mlflow_type(args[0]))
+    if annotation in _SCALARS:
+        return _SCALARS[annotation]
+    raise TypeError(f"no MLflow schema type for {annotation!r}: declare it by hand or list it in UNDECLARED_FIELDS")
+
+
+def _optional(column: ColSpec) -> ColSpec:
+    return column if not column.required else ColSpec(column.type, column.name, required=False)
 
 
 def log_onnx_model(

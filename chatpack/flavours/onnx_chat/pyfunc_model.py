@@ -3,7 +3,8 @@
 Input: OpenAI chat-completions requests (``messages`` + options) or the raw-prompt form (``prompt``: a string already
 in the model's chat format); one reply per input row. ``predict`` answers chat rows with ``chat.completion`` dicts and
 prompt rows with the generated string; ``predict_stream`` yields ``chat.completion.chunk`` dicts (prompt form: strings).
-Bad requests raise ``MlflowException`` (HTTP 400 when served) naming the field.
+Bad requests raise :class:`~chatpack.protocol.errors.RequestError`, an ``MlflowException`` (HTTP 400 when served) whose
+``param`` names the field.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import mlflow
-from mlflow.exceptions import MlflowException
 
 from chatpack.engine.chat_engine import ContextOverflow, OnnxChatEngine, StreamState
-from chatpack.protocol.chat_request import ChatRequest, RequestError, parse_request
+from chatpack.protocol.chat_request import ChatRequest, parse_request
+from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import chat_chunk, chat_completion, completion_id, usage
 
 ONNX_ARTIFACT_KEY = "onnx_model"
@@ -33,11 +34,11 @@ def rows_of(model_input: Any) -> list[dict[str, Any]]:
     elif isinstance(model_input, list) and all(isinstance(r, dict) for r in model_input):
         rows = model_input
     if rows == [] or rows == [{}]:
-        raise MlflowException.invalid_parameter_value("messages: required (a non-empty list of {role, content})")
+        raise RequestError("messages", "messages: required (a non-empty list of {role, content} objects)")
     if rows is not None:
         return rows
-    raise MlflowException.invalid_parameter_value(
-        f"request: expected a chat request object or a list of them, got {type(model_input).__name__}")
+    raise RequestError(None, f"request: expected a chat request object or a list of them, got "
+                             f"{type(model_input).__name__}")
 
 
 class OnnxChatModel(mlflow.pyfunc.PythonModel):
@@ -52,19 +53,19 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
                                      threads=int(threads) if threads else None)
 
     def predict(self, context, model_input, params=None) -> list[Any]:
-        requests = [self._parse(row) for row in rows_of(model_input)]  # validate every row before generating
+        requests = [parse_request(row) for row in rows_of(model_input)]  # validate every row before generating
         return [self._answer(request) for request in requests]
 
     def predict_stream(self, context, model_input, params=None) -> Iterator[Any]:
         rows = rows_of(model_input)
         if len(rows) != 1:
-            raise MlflowException.invalid_parameter_value(f"request: streaming takes one request, got {len(rows)}")
-        request = self._parse(rows[0])
+            raise RequestError(None, f"request: streaming takes one request, got {len(rows)}")
+        request = parse_request(rows[0])
         if request.options.n != 1:
-            raise MlflowException.invalid_parameter_value("n: streaming supports n=1 only")
+            raise RequestError("n", "n: streaming supports n=1 only")
         prompt_ids = self._prompt_ids(request)
         state = StreamState(len(prompt_ids))
-        pieces = self._guard(lambda: self.engine.stream(prompt_ids, request.options, state))
+        pieces = self.engine.stream(prompt_ids, request.options, state)
         if request.prompt is not None:
             yield from pieces
             return
@@ -76,9 +77,6 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
                          usage(state.prompt_tokens, state.completion_tokens))
 
     # -- helpers ---------------------------------------------------------------------------------------------------
-    def _parse(self, row: dict[str, Any]) -> ChatRequest:
-        return self._guard(lambda: parse_request(row))
-
     def _prompt_ids(self, request: ChatRequest) -> list[int]:
         """The request's prompt tokens; a prompt that leaves no room for a reply is refused naming its field."""
         if request.messages is not None:
@@ -88,7 +86,7 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         try:
             self.engine.check_fits(ids)
         except ContextOverflow as exc:
-            raise MlflowException.invalid_parameter_value(f"{field}: {exc}; shorten the conversation") from None
+            raise RequestError(field, f"{field}: {exc}; shorten the conversation") from None
         return ids
 
     def _answer(self, request: ChatRequest) -> Any:
@@ -99,10 +97,3 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         return chat_completion(self.model_name, [(r.text, r.finish_reason) for r in results],
                                prompt_tokens=len(prompt_ids),
                                completion_tokens=sum(r.completion_tokens for r in results))
-
-    @staticmethod
-    def _guard(call):
-        try:
-            return call()
-        except RequestError as exc:
-            raise MlflowException.invalid_parameter_value(str(exc)) from None

@@ -1,0 +1,124 @@
+"""The request model: OpenAI chat-completions bodies (:class:`ChatBody`) and the raw-prompt form (:class:`PromptBody`).
+
+Strict pydantic models: unknown fields are refused, nothing is coerced (``"5"`` is not a number, ``1`` is not
+``true``), and every number has its bounds. Values MLflow's schema enforcement produces are normalised first, as
+"the caller did not set this": ``None``/NaN/``pandas.NA`` (pandas fills optional columns a row did not set), numpy
+arrays and scalars (list columns, numpy dtypes) become plain Python values, and integral floats become ints for integer
+fields (pandas turns optional int columns into float columns: ``5.0``).
+
+No ``from __future__ import annotations`` here: every annotation is a real object when the class is created, so each
+model is complete at import and never resolves names later (a served model may import its own copy of this module).
+"""
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ROLES = ("system", "user", "assistant", "developer")  # developer is OpenAI's newer name for system
+MAX_STOP_SEQUENCES = 4
+MAX_N = 8
+Role = Literal["system", "user", "assistant", "developer"]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def is_unset(value: Any) -> bool:
+    """None, NaN and ``pandas.NA`` (what pandas puts in optional columns a row does not set) count as absent."""
+    if value is None or type(value).__name__ == "NAType":
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def plain(value: Any) -> Any:
+    """numpy arrays and scalars as Python lists and scalars (``tolist``); anything else unchanged."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes, dict)):
+        return value.tolist()
+    return value
+
+
+def present(data: Any) -> Any:
+    """A mapping without its unset entries, values made plain; anything else unchanged (validation refuses it)."""
+    if isinstance(data, dict):
+        return {key: plain(value) for key, value in data.items() if not is_unset(value)}
+    return data
+
+
+class _Normalised(BaseModel):
+    """Unset entries dropped and numpy values made plain before validation, at every level of the request."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unset(cls, data: Any) -> Any:
+        return present(data)
+
+
+class _Strict(_Normalised):
+    model_config = _STRICT
+
+
+class ChatMessage(_Strict):
+    """One conversation turn. ``name`` (OpenAI's participant name) is accepted and not passed to the template."""
+
+    role: Role
+    content: str
+    name: str | None = None
+
+
+class StreamOptions(_Normalised):
+    """OpenAI's ``stream_options``. Usage is always sent in the last chunk, so ``include_usage`` changes nothing;
+    other keys are ignored (OpenAI adds options here over time)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    include_usage: bool | None = None
+
+
+class _Options(_Strict):
+    """Options both forms take; ``None`` means "not set" (the logged model's defaults apply)."""
+
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    stop: list[NonEmptyStr] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
+    n: int | None = Field(None, ge=1, le=MAX_N)
+    seed: int | None = Field(None, ge=0)
+    stream: bool = False
+    model: str | None = None  # the server answers with the model it serves, whatever is asked for
+
+    @field_validator("max_tokens", "top_k", "n", "seed", mode="before")
+    @classmethod
+    def _integral_float(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class ChatBody(_Options):
+    """An OpenAI chat-completions request (the fields we implement; the others are refused by name)."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("max_completion_tokens", mode="before")
+    @classmethod
+    def _integral_float_too(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class PromptBody(_Options):
+    """The raw-prompt form: ``prompt`` is already in the model's chat format."""
+
+    prompt: NonEmptyStr
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (ChatMessage, StreamOptions, ChatBody, PromptBody)
+for _model in REQUEST_MODELS:
+    if not _model.__pydantic_complete__:  # pragma: no cover - a forward reference slipped in
+        raise ImportError(f"{_model.__name__} is not fully defined at import")
