@@ -71,7 +71,7 @@ def test_evaluate_logs_metrics_table_plot_report_and_sets_aliases(evaluate_run):
         assert 0 <= m["quality_score"] <= 1
         assert m["tokens_per_s"] > 0 and m["decode_tokens_per_s"] > 0 and m["ttft_p50_s"] > 0, (flavour, m)
         assert 0 < m["latency_p50_s"] <= m["latency_p95_s"], (flavour, m)
-        assert m["peak_rss_mb"] > 100 and m["model_size_mb"] > 1, (flavour, m)
+        assert m["peak_rss_mb"] > 100 and m["model_size_mb"] > 0, (flavour, m)
     assert 0 <= metrics["agreement_identical"] <= 1 and 0 <= metrics["agreement_rouge_l"] <= 1
     artifacts = {a.path for a in MlflowClient().list_artifacts(evaluate_run)}
     assert {"eval_rows.json", "comparison.png", "eval_report.md", "eval_summary.json"} <= artifacts
