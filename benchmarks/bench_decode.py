@@ -42,7 +42,7 @@ PROMPTS = [
         ] * 2)) + " Summarise the three most urgent items in one sentence each.",
 ]
 REFERENCE = "onnx_pyfunc"
-ALL_ENGINES = "onnx_pyfunc,raw_ort,transformers_pyfunc,raw_transformers,llama_cpp,llama_server"
+ALL_ENGINES = "onnx_pyfunc,onnx_pyfunc_as_logged,raw_ort,transformers_pyfunc,raw_transformers,llama_cpp,llama_server"
 PROTOCOL = "@@bench "
 
 
@@ -50,6 +50,7 @@ def worker(engine: str, spec: dict[str, Any]) -> None:
     """Run in a child process: load one engine, answer requests from stdin, report peak RSS at the end."""
     from benchmarks.engines import ENGINES
 
+    common.exit_on_sigterm()
     impl = ENGINES[engine](spec)
     try:
         print(PROTOCOL + json.dumps({"ready": True, "info": impl.info()}), flush=True)
@@ -103,12 +104,13 @@ class Worker:
             self._signal(signal.SIGCONT)
             self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
             self.proc.stdin.flush()
-            rss = self._read()["peak_rss_mb"]
+            while rss is None:  # a reply still in flight comes first
+                rss = self._read().get("peak_rss_mb")
             self.proc.wait(timeout=60)
-        except (OSError, RuntimeError, subprocess.TimeoutExpired):
+        except Exception:  # noqa: BLE001 (closing must not fail: the other workers still need stopping)
             pass
         finally:
-            common.stop_process(self.proc)
+            common.stop_process(self.proc, group=True)
         return rss
 
 
@@ -161,6 +163,10 @@ def model_specs(args: argparse.Namespace) -> dict[str, Any]:
             step = importlib.import_module(f"steps.{module}")
             assert step.main(["--fetch_run_id", args.fetch_run_id]) == 0
             spec[key] = mlflow.get_run(mlflow.last_active_run().info.run_id).data.tags["chatpack.model_uri"]
+    # The logged ONNX model does not declare `threads` in its config, so MLflow would drop the load-time setting:
+    # the pyfunc row loads a copy that declares it; the as-logged row shows the model as it is.
+    spec["onnx_model_uri_as_logged"] = spec["onnx_model_uri"]
+    spec["onnx_model_uri"], spec["threads_key_added"] = common.with_threads_key(spec["onnx_model_uri"])
     return spec
 
 
@@ -201,6 +207,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    common.exit_on_sigterm()
     if args.worker:
         worker(args.worker, json.loads(args.spec))
         return 0
@@ -223,15 +230,17 @@ def main(argv: list[str] | None = None) -> int:
         for w in workers.values():  # warm-up, not measured
             w.ask(messages[0], 8)
         samples: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
-        loads = []
+        loads, others = [], []
         for r in range(args.rounds):
             loads.append(common.loadavg())
+            meter = common.CpuMeter([w.proc.pid for w in workers.values()]).start()
             for i, msg in enumerate(messages):
                 k = (r * len(messages) + i) % len(engines)
                 for name in engines[k:] + engines[:k]:  # rotate who goes first
                     sample = workers[name].ask(msg, args.max_new_tokens)
                     samples[name].append({"round": r, "prompt": i, "streams": workers[name].info["streams"], **sample})
                 print(f"round {r + 1}/{args.rounds} prompt {i + 1}/{len(messages)}", file=sys.stderr, flush=True)
+            others.append(meter.stop())
     finally:
         rss = {name: w.close() for name, w in workers.items()}
     results = {}
@@ -242,11 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "decode",
         "machine": {**common.machine_info(args.threads, extra), "loadavg_per_round": loads,
+                    "other_cpu_share_per_round": others,
                     "loadavg_at_end": common.loadavg()},
         "config": {"threads": args.threads, "rounds": args.rounds, "max_new_tokens": args.max_new_tokens,
                    "greedy": True, "prompts": PROMPTS, "engines": engines, "skipped": skipped,
                    "reference": REFERENCE if REFERENCE in engines else (engines[0] if engines else None),
-                   "model": {"onnx_model_uri": spec["onnx_model_uri"],
+                   "model": {"onnx_model_uri": spec["onnx_model_uri_as_logged"],
+                             "threads_key_added_to_a_copy": spec["threads_key_added"],
                              "transformers_model_uri": spec["transformers_model_uri"],
                              "gguf": Path(spec["gguf"]).name if spec.get("gguf") else None},
                    "seconds": round(time.perf_counter() - started, 1)},

@@ -34,7 +34,6 @@ from typing import Any
 from benchmarks import common
 from benchmarks.client import Reply, chat
 
-SHORT_PROMPTS = [f"Tell me one fact about the number {i}." for i in range(12)]
 LONG_PROMPT = (
     "Here are my notes from this week's team meeting. " + " ".join(
         f"Item {i}: the {topic} work is {state}, and the owner asked for feedback by {day}."
@@ -112,15 +111,7 @@ class Server:
 
     def stop(self) -> None:
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGCONT)
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=30)
-            except (ProcessLookupError, PermissionError):
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+            common.stop_process(self.proc, group=True)
 
     def reply_tokens(self, reply: Reply) -> int | None:
         """Reply tokens from the server's own usage, EOS not counted (we never send stop strings, so a "stop"
@@ -143,10 +134,12 @@ def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]
     servers, skipped = [], {}
     threads = str(args.threads)
     for name in [s for s in args.servers.split(",") if s]:
-        if name == "chatpack":
+        if name in ("chatpack", "chatpack_as_logged"):
+            as_logged = name == "chatpack_as_logged"
+            uri = args.model_uri if as_logged else args.served_model_uri
             servers.append(Server(
-                "chatpack", "`chatpack serve` (ONNX int4)",
-                [sys.executable, "-m", "steps.serve", "--model_uri", args.model_uri, "--port", "{port}",
+                name, "`chatpack serve` (ONNX int4" + (", model as logged)" if as_logged else ")"),
+                [sys.executable, "-m", "steps.serve", "--model_uri", uri, "--port", "{port}",
                  "--threads", threads, "--queue_size", str(max(64, 4 * args.clients))],
                 "/health", "/v1/chat/completions", threads=f"--threads {threads} (onnxruntime intra-op)"))
         elif name == "llama_server":
@@ -170,21 +163,32 @@ def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]
                 "/ping", "/invocations", streams=False, threads="onnxruntime default (no way to pass threads)",
                 notes="no streaming route: uniform workload only"))
         else:
-            raise SystemExit(f"--servers: unknown server {name!r} (chatpack, llama_server, mlflow)")
+            raise SystemExit(f"--servers: unknown server {name!r} (chatpack, chatpack_as_logged, llama_server, "
+                             "mlflow)")
     return servers, skipped
 
 
 # -- workloads -------------------------------------------------------------------------------------------------------
-def uniform_bodies(n: int, max_tokens: int) -> list[dict[str, Any]]:
-    return [{"messages": [{"role": "user", "content": SHORT_PROMPTS[i % len(SHORT_PROMPTS)]}],
-             "max_tokens": max_tokens, "temperature": 0.0} for i in range(n)]
+def short_prompt(n: int) -> str:
+    return f"Tell me one fact about the number {n}."
 
 
-def mixed_bodies(n: int, max_tokens: int) -> list[dict[str, Any]]:
-    """Request i: streamed when i is even; sampled (seed 1000 + i) when i % 3 == 0; long prompt when i % 4 >= 2."""
+def long_prompt(n: int) -> str:
+    return f"Notes #{n}. {LONG_PROMPT}"
+
+
+def uniform_bodies(n: int, max_tokens: int, first: int = 0) -> list[dict[str, Any]]:
+    """``n`` greedy whole-reply requests on short prompts, numbered from ``first`` (each prompt unique)."""
+    return [{"messages": [{"role": "user", "content": short_prompt(first + i)}], "max_tokens": max_tokens,
+             "temperature": 0.0} for i in range(n)]
+
+
+def mixed_bodies(n: int, max_tokens: int, first: int = 0) -> list[dict[str, Any]]:
+    """Request i: streamed when i is even; sampled (seed 1000 + i) when i % 3 == 0; long prompt when i % 4 >= 2.
+    Prompts are numbered from ``first`` (each unique: no server can answer from a cache of an identical prompt)."""
     bodies = []
     for i in range(n):
-        prompt = LONG_PROMPT if i % 4 >= 2 else SHORT_PROMPTS[i % len(SHORT_PROMPTS)]
+        prompt = long_prompt(first + i) if i % 4 >= 2 else short_prompt(first + i)
         body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
         if i % 3 == 0:
             body.update(temperature=0.8, top_p=0.95, seed=1000 + i)
@@ -196,19 +200,31 @@ def mixed_bodies(n: int, max_tokens: int) -> list[dict[str, Any]]:
     return bodies
 
 
-def run_load(server: Server, bodies: list[dict[str, Any]], clients: int, timeout: float) -> tuple[list[Reply], float]:
+def run_load(server: Server, bodies: list[dict[str, Any]], clients: int, timeout: float
+             ) -> tuple[list[Reply], float, float | None]:
+    """Send ``bodies`` from ``clients`` clients; the replies, the wall time, and the share of the machine's CPU that
+    other processes used meanwhile."""
+    meter = common.CpuMeter([server.proc.pid] if server.proc else []).start()
     start = time.perf_counter()
     if clients == 1:
         replies = [chat(server.url, b, timeout) for b in bodies]
     else:
         with ThreadPoolExecutor(max_workers=clients) as pool:
             replies = list(pool.map(lambda b: chat(server.url, b, timeout), bodies))
-    return replies, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return replies, wall, meter.stop()
+
+
+def resend_alone(server: Server, bodies: list[dict[str, Any]], replies: list[Reply], timeout: float
+                 ) -> list[Reply | None]:
+    """Not timed: each request that got a reply under load, sent again on its own (for the same-text check)."""
+    return [chat(server.url, b, timeout) if r.ok else None for b, r in zip(bodies, replies)]
 
 
 def load_figures(server: Server, bodies: list[dict[str, Any]], replies: list[Reply], wall: float,
-                 reference: list[Reply] | None) -> dict[str, Any]:
-    """One row's figures for one round; ``reference`` is the same server's sequential run of the same bodies."""
+                 alone: list[Reply | None] | None, other_cpu: float | None = None) -> dict[str, Any]:
+    """One row's figures for one round; ``alone`` holds the same requests answered one at a time (None: not
+    checked), against which greedy and seeded reply texts are compared."""
     ok = [r for r in replies if r.ok]
     failures: dict[str, int] = {}
     for r in replies:
@@ -227,12 +243,13 @@ def load_figures(server: Server, bodies: list[dict[str, Any]], replies: list[Rep
         "latency_p50_s": common.percentile([r.total_s for r in ok], 50),
         "latency_p95_s": common.percentile([r.total_s for r in ok], 95),
         "mean_reply_tokens": (sum(t for t in tokens if t is not None) / len(tokens)) if tokens else None,
+        "other_cpu_share": other_cpu,
     }
-    if reference is not None:
+    if alone is not None:
         for kind, pick in (("greedy", lambda b: not b.get("temperature")), ("seeded", lambda b: "seed" in b)):
-            pairs = [(a, b) for body, a, b in zip(bodies, replies, reference) if pick(body) and a.ok and b.ok]
-            figures[f"{kind}_identical_to_sequential"] = (sum(a.text == b.text for a, b in pairs) / len(pairs)
-                                                          if pairs else None)
+            pairs = [(a, b) for body, a, b in zip(bodies, replies, alone) if pick(body) and a.ok and b and b.ok]
+            figures[f"{kind}_identical_alone"] = (sum(a.text == b.text for a, b in pairs) / len(pairs)
+                                                  if pairs else None)
     return figures
 
 
@@ -276,8 +293,9 @@ def conversation_turns(server: Server, max_tokens: int, timeout: float, rnd: int
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model_uri", required=True, help="The ONNX pyfunc model `chatpack serve` serves.")
-    p.add_argument("--servers", default="chatpack,llama_server", help="Comma-separated: chatpack, llama_server, "
-                                                                      "mlflow (uniform workload only).")
+    p.add_argument("--servers", default="chatpack,llama_server",
+                   help="Comma-separated: chatpack, chatpack_as_logged (the model without the threads key), "
+                        "llama_server, mlflow (uniform workload only).")
     p.add_argument("--threads", type=int, default=common.physical_cores(),
                    help="Compute threads of every server (default: physical cores).")
     p.add_argument("--clients", type=int, default=8, help="Concurrent clients (and llama-server slots).")
@@ -298,40 +316,49 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     args = parse_args(argv)
+    common.exit_on_sigterm()
     if args.rounds < 3 or args.threads < 1 or args.clients < 2 or args.requests < args.clients:
         raise SystemExit("need --rounds >= 3, --threads >= 1, --clients >= 2, --requests >= --clients")
     started = time.perf_counter()
+    # The logged ONNX model does not declare `threads` in its config, so MLflow drops what `serve --threads` passes:
+    # `chatpack` serves a copy that declares it (`chatpack_as_logged` serves the model as it is).
+    args.served_model_uri, threads_key_added = common.with_threads_key(args.model_uri)
     servers, skipped = make_servers(args)
     for name, why in skipped.items():
         print(f"skipping {name}: {why}", file=sys.stderr)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench-serve-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    workloads = {"uniform": uniform_bodies(args.requests, args.max_tokens),
-                 "mixed": mixed_bodies(args.requests, args.max_tokens)}
+    makers = {"uniform": uniform_bodies, "mixed": mixed_bodies}
     rows: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     turns: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
     loads, rss = [], {}
     try:
         for s in servers:
             s.start(log_dir)
-            for body in (workloads["uniform"][0], workloads["mixed"][0]):  # warm-up, not measured
+            for body in uniform_bodies(1, 8, 10 ** 6) + mixed_bodies(3, 8, 10 ** 6):  # warm-up, not measured
                 if s.streams or not body.get("stream"):
                     chat(s.url, body, args.timeout)
             s.pause()
         for r in range(args.rounds):
             loads.append(common.loadavg())
             order = servers[r % len(servers):] + servers[:r % len(servers)]
-            for workload, bodies in workloads.items():
+            for w, (workload, make) in enumerate(makers.items()):
+                # Fresh prompts for every phase (the same for every server): a repeated prompt would let a server
+                # with a prompt cache skip its prefill.
+                solo = make(args.requests, args.max_tokens, (r * 4 + w * 2) * 1000)
+                loaded = make(args.requests, args.max_tokens, (r * 4 + w * 2 + 1) * 1000)
                 for s in order:
                     if not s.streams and workload != "uniform":
                         continue
                     s.resume()
                     try:
-                        seq, wall = run_load(s, bodies, 1, args.timeout)
-                        rows.setdefault((s.name, workload, 1), []).append(load_figures(s, bodies, seq, wall, None))
-                        par, wall = run_load(s, bodies, args.clients, args.timeout)
+                        seq, wall, others = run_load(s, solo, 1, args.timeout)
+                        rows.setdefault((s.name, workload, 1), []).append(
+                            load_figures(s, solo, seq, wall, None, others))
+                        par, wall, others = run_load(s, loaded, args.clients, args.timeout)
+                        alone = resend_alone(s, loaded, par, args.timeout)
                         rows.setdefault((s.name, workload, args.clients), []).append(
-                            load_figures(s, bodies, par, wall, seq))
+                            load_figures(s, loaded, par, wall, alone, others))
                     finally:
                         s.pause()
                     print(f"round {r + 1}/{args.rounds} {workload} {s.name} done", file=sys.stderr, flush=True)
@@ -355,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_at_end": common.loadavg()},
         "config": {"threads": args.threads, "clients": args.clients, "requests": args.requests,
                    "max_tokens": args.max_tokens, "turn_tokens": args.turn_tokens, "rounds": args.rounds,
-                   "timeout_s": args.timeout, "model_uri": args.model_uri, "skipped": skipped,
+                   "timeout_s": args.timeout, "model_uri": args.model_uri,
+                   "threads_key_added_to_a_copy": threads_key_added, "skipped": skipped,
                    "workloads": {"uniform": "short prompts, greedy, whole replies",
                                  "mixed": "half streamed, a third sampled with a seed, a quarter long prompts"},
                    "conversations": len(CONVERSATIONS), "seconds": round(time.perf_counter() - started, 1)},

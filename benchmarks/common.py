@@ -164,22 +164,42 @@ def wait_for_http(url: str, timeout: float = 300.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """Terminate ``proc`` (and, when it leads its own process group, the group); kill it if it lingers."""
-    if proc.poll() is not None:
-        return
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0, group: bool = False) -> None:
+    """Terminate ``proc`` (with ``group``: its whole process group, which it leads); kill what lingers."""
     import signal
 
-    try:
-        os.killpg(proc.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.terminate()
+    def send(sig: int) -> None:
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            elif proc.poll() is None:
+                proc.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    if proc.poll() is not None and not group:
+        return
+    send(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+    send(signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        send(signal.SIGKILL)
         proc.wait(timeout=timeout)
+    if group:
+        time.sleep(0.2)
+        send(signal.SIGKILL)  # children that outlived their leader
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the servers and workers a benchmark started.
+    Called from a benchmark's ``main``, never on import."""
+    import signal
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 def find_llama_server(explicit: str | None = None) -> str | None:
@@ -210,3 +230,88 @@ def bundled_gguf_path() -> str | None:
         return str(bundled_gguf("smollm2-135m-instruct")[0])
     except BundledModelMissing:
         return None
+
+
+# -- models ----------------------------------------------------------------------------------------------------------
+def with_threads_key(model_uri: str, dest_root: Path | None = None) -> tuple[str, bool]:
+    """A local copy of a pyfunc model whose logged ``config`` declares ``threads``, so that a load-time
+    ``model_config={"threads": N}`` (what ``serve --threads`` passes) reaches the model: MLflow drops load-time keys
+    the model was not logged with. Returns (the model's path or the URI itself, whether a copy was made).
+
+    The copy goes to ``dest_root`` (default: a folder under the system temp dir), never into the repository."""
+    import hashlib
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    meta = yaml.safe_load((local / "MLmodel").read_text())
+    config = meta.get("flavors", {}).get("python_function", {}).get("config")
+    if config is None or "threads" in config:
+        return model_uri, False
+    root = Path(dest_root or Path(tempfile.gettempdir()) / "chatpack-bench-models")
+    dest = root / hashlib.sha256(str(local).encode()).hexdigest()[:16]
+    if not (dest / "MLmodel").is_file():
+        staging = root / (dest.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(local, staging)
+        meta["flavors"]["python_function"]["config"]["threads"] = 0  # 0 = the runtime's default unless overridden
+        (staging / "MLmodel").write_text(yaml.safe_dump(meta, sort_keys=False))
+        shutil.rmtree(dest, ignore_errors=True)
+        staging.rename(dest)
+    return str(dest), True
+
+
+# -- CPU accounting (how much of the machine others used while we measured) -----------------------------------------
+def _clock_ticks() -> int:
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (ValueError, OSError):
+        return 100
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy (all processes), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / _clock_ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds used so far by the live processes of process group ``pgid``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # fields[0] is the state; pgrp is the 5th field of /proc/pid/stat
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / _clock_ticks()
+
+
+class CpuMeter:
+    """Share of the machine's CPU that processes other than ``ours`` (process groups) and this process used between
+    :meth:`start` and :meth:`stop`: the noise from whoever else shares the machine."""
+
+    def __init__(self, groups: list[int]):
+        self.groups = groups
+
+    def _ours(self) -> float:
+        times = os.times()
+        return sum(group_cpu_seconds(g) for g in self.groups) + times.user + times.system
+
+    def start(self) -> CpuMeter:
+        self.t0, self.busy0, self.ours0 = time.perf_counter(), busy_cpu_seconds(), self._ours()
+        return self
+
+    def stop(self) -> float | None:
+        busy, ours, wall = busy_cpu_seconds(), self._ours(), time.perf_counter() - self.t0
+        if busy is None or self.busy0 is None or wall <= 0:
+            return None
+        others = (busy - self.busy0) - (ours - self.ours0)
+        return round(max(0.0, others) / (wall * (os.cpu_count() or 1)), 3)

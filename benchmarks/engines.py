@@ -86,8 +86,8 @@ class OnnxPyfunc(Engine):
         # MLflow drops load-time model_config keys the model was not logged with: say what actually applied.
         applied = (getattr(self.model, "model_config", None) or {}).get("threads")
         self.threads_applied = (f"onnxruntime intra-op {applied} (model_config threads)" if applied else
-                                "onnxruntime default (model_config threads dropped by MLflow: not in the logged "
-                                "model_config)")
+                                "onnxruntime-genai default (model_config threads dropped by MLflow: not in the "
+                                "logged config)")
 
     def run(self, messages, max_new):
         clock, usage, finish = _Piecewise(), None, None
@@ -97,6 +97,16 @@ class OnnxPyfunc(Engine):
             finish = choice.get("finish_reason") or finish
             usage = chunk.get("usage") or usage
         return clock.sample(usage["completion_tokens"], finish, usage["prompt_tokens"])
+
+
+class OnnxPyfuncAsLogged(OnnxPyfunc):
+    """The same pyfunc loaded from the model as logged: its logged config has no ``threads`` key, so MLflow drops the
+    load-time ``threads`` and onnxruntime-genai runs with its own default. Shows what that costs."""
+
+    label = "ONNX pyfunc as logged (`threads` dropped by MLflow)"
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__({**spec, "onnx_model_uri": spec["onnx_model_uri_as_logged"]})
 
 
 class RawOrt(Engine):
@@ -300,5 +310,6 @@ class LlamaServer(Engine):
 
 
 ENGINES: dict[str, type[Engine]] = {
-    "onnx_pyfunc": OnnxPyfunc, "raw_ort": RawOrt, "transformers_pyfunc": TransformersPyfunc,
-    "raw_transformers": RawTransformers, "llama_cpp": LlamaCpp, "llama_server": LlamaServer}
+    "onnx_pyfunc": OnnxPyfunc, "onnx_pyfunc_as_logged": OnnxPyfuncAsLogged, "raw_ort": RawOrt,
+    "transformers_pyfunc": TransformersPyfunc, "raw_transformers": RawTransformers, "llama_cpp": LlamaCpp,
+    "llama_server": LlamaServer}

@@ -58,13 +58,18 @@ def fmt_failures(rounds: list[dict[str, Any]]) -> str:
     return f"{head} ({detail})"
 
 
-def machine_line(payload: dict[str, Any], source: str) -> str:
+def machine_line(payload: dict[str, Any], source: str, others: list[float | None] | None = None) -> str:
+    """Where the figures come from; ``others``: shares of the machine's CPU other processes used while measuring."""
     m, c = payload["machine"], payload["config"]
     libs = m.get("libraries", {})
     wanted = ("onnxruntime-genai", "onnxruntime", "transformers", "torch", "mlflow", "llama-server", "llama-cpp-python")
     versions = ", ".join(f"{k} {libs[k]}" for k in wanted if k in libs)
     loads = [x[0] for x in m.get("loadavg_per_round") or [] if x]
     load = f"; 1-min load average at round start {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+    busy = spread(others or [])
+    if busy:
+        load += (f"; other processes used {100 * busy['median']:.0f}% ({100 * busy['min']:.0f}-"
+                 f"{100 * busy['max']:.0f}%) of the CPU while we measured")
     return (f"Source: `{source}` ({m.get('date', '?')[:10]}, commit {m.get('git_commit') or '?'}). "
             f"{m.get('cpu_model')}, {m.get('physical_cores')} physical cores / {m.get('logical_cpus')} logical, "
             f"{m.get('memory_gib')} GiB; {c['threads']} threads for every engine; {c['rounds']} interleaved rounds"
@@ -102,7 +107,8 @@ def decode_tables(payload: dict[str, Any], source: str = "benchmarks/results/dec
                     " | ".join(fmt_share(identical.get(a, {}).get(b)) for b in names) + " |")
     note = (f"{len(config['prompts'])} prompts x {config['rounds']} rounds, {config['max_new_tokens']} new tokens, "
             f"greedy; reference for reply texts: {ref}.")
-    return "\n".join([machine_line(payload, source), "", note, "", *head, *rows, "",
+    others = payload["machine"].get("other_cpu_share_per_round")
+    return "\n".join([machine_line(payload, source, others), "", note, "", *head, *rows, "",
                       "Greedy reply texts: share of (prompt, round) pairs with identical text.", "", *comp])
 
 
@@ -111,8 +117,8 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
     servers, config = payload["servers"], payload["config"]
     by_key = {(row["server"], row["workload"], row["clients"]): row for row in payload["rows"]}
     head = ["| server | workload | clients | tok/s | x 1 client | req/s | TTFT p50 s (streamed) | latency p50 s | "
-            "latency p95 s | failures | greedy = sequential | reply tokens |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "latency p95 s | failures | greedy = alone | seeded = alone | reply tokens |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for row in payload["rows"]:
         rounds = row["rounds"]
@@ -126,10 +132,11 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
                     f"{fmt_spread([r.get('ttft_p50_s') for r in rounds], 3)} | "
                     f"{fmt_spread([r['latency_p50_s'] for r in rounds], 2)} | "
                     f"{fmt_spread([r['latency_p95_s'] for r in rounds], 2)} | {fmt_failures(rounds)} | "
-                    f"{fmt_share(_mean([r.get('greedy_identical_to_sequential') for r in rounds]))} | "
+                    f"{fmt_share(_mean([r.get('greedy_identical_alone') for r in rounds]))} | "
+                    f"{fmt_share(_mean([r.get('seeded_identical_alone') for r in rounds]))} | "
                     f"{fmt_spread([r.get('mean_reply_tokens') for r in rounds])} |")
     for name, why in (config.get("skipped") or {}).items():
-        rows.append(f"| {name} | skipped: {why} | | | | | | | | | | |")
+        rows.append(f"| {name} | skipped: {why} | | | | | | | | | | | |")
     turns = ["| server | later turn TTFT s | cold, same history TTFT s | later / cold | prompt tokens (later / cold) "
              "| failures |", "|---|---|---|---|---|---|"]
     for item in payload.get("multi_turn", []):
@@ -144,7 +151,8 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
     note = (f"{config['requests']} requests per workload and round, {config['max_tokens']} reply tokens, "
             f"{config['clients']} concurrent clients; multi-turn: {config['conversations']} conversations x 3 turns, "
             f"{config['turn_tokens']} tokens per turn, one client. Servers: {started}.")
-    return "\n".join([machine_line(payload, source), "", note, "", *head, *rows, "", *turns])
+    others = [r.get("other_cpu_share") for row in payload["rows"] for r in row["rounds"]]
+    return "\n".join([machine_line(payload, source, others), "", note, "", *head, *rows, "", *turns])
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -57,11 +57,11 @@ DECODE = {
 }
 
 
-def _serve_round(tok_s, failures=None, requests=24, ttft=None, identical=None):
+def _serve_round(tok_s, failures=None, requests=24, ttft=None, identical=None, others=0.1):
     return {"requests": requests, "ok": requests - sum((failures or {}).values()), "failures": failures or {},
             "wall_s": 10.0, "reply_tokens": 300, "tokens_per_s": tok_s, "requests_per_s": tok_s / 32,
             "ttft_p50_s": ttft, "latency_p50_s": 0.5, "latency_p95_s": 0.9, "mean_reply_tokens": 31.0,
-            "greedy_identical_to_sequential": identical}
+            "greedy_identical_alone": identical, "seeded_identical_alone": None, "other_cpu_share": others}
 
 
 SERVE = {
@@ -73,7 +73,8 @@ SERVE = {
                 "llama_server": {"label": "llama-server", "command": ["/x/build/bin/llama-server", "-t", "2"]}},
     "rows": [
         {"server": "chatpack", "workload": "mixed", "clients": 1,
-         "rounds": [_serve_round(80.0, ttft=0.2), _serve_round(70.0, ttft=0.3), _serve_round(90.0, ttft=0.25)]},
+         "rounds": [_serve_round(80.0, ttft=0.2), _serve_round(70.0, ttft=0.3, others=0.5),
+                    _serve_round(90.0, ttft=0.25, others=0.0)]},
         {"server": "chatpack", "workload": "mixed", "clients": 8,
          "rounds": [_serve_round(88.0, {"http_429": 2}, identical=1.0), _serve_round(84.0, identical=1.0),
                     _serve_round(99.0, {"timeout": 1, "http_429": 1}, identical=0.5)]},
@@ -131,6 +132,7 @@ def test_decode_table_medians_ranges_and_skips():
 
 def test_serve_table_failures_scaling_and_turns():
     table = report.serve_tables(SERVE)
+    assert "other processes used 10% (0-50%) of the CPU while we measured" in table.splitlines()[0]
     solo = _row(table, "chatpack serve", "mixed/1")
     assert solo[3] == "80.0 (70.0-90.0)" and solo[4] == "1.00" and solo[9] == "0/72"
     assert solo[6] == "0.250 (0.200-0.300)"
@@ -138,7 +140,7 @@ def test_serve_table_failures_scaling_and_turns():
     assert busy[3] == "88.0 (84.0-99.0)"
     assert busy[4] == "1.10 (1.10-1.20)"  # 88/80, 84/70, 99/90 per round
     assert busy[9] == "4/72 (http_429 x3, timeout x1)"  # summed over rounds, per kind
-    assert busy[10] == "83%" and busy[6] == "n/a"
+    assert busy[10] == "83%" and busy[11] == "n/a" and busy[6] == "n/a"
     anchor = _row(table, "llama-server", "mixed/8")
     assert anchor[4] == "1.60 (1.50-1.70)" and anchor[9] == "0/72"
     turns = _row(table.split("| later turn TTFT s |")[1], "llama-server")
@@ -201,19 +203,22 @@ def test_serve_figures_count_failures_by_kind_and_eos_alike():
     assert llama.reply_tokens(stopped) == 9 and llama.reply_tokens(cut) == 32 and ours.reply_tokens(stopped) == 10
     bodies = bench_serve.mixed_bodies(4, 32)
     replies = [stopped, Reply(failure="http_429"), Reply(failure="timeout"), Reply(failure="http_429")]
-    reference = [Reply(ok=True, text="a", completion_tokens=1), cut, cut, cut]
-    figures = bench_serve.load_figures(llama, bodies, replies, 2.0, reference)
+    alone = [Reply(ok=True, text="a", completion_tokens=1), None, None, None]  # only answered requests are re-sent
+    figures = bench_serve.load_figures(llama, bodies, replies, 2.0, alone, 0.25)
     assert figures["failures"] == {"http_429": 2, "timeout": 1}
     assert (figures["requests"], figures["ok"], figures["reply_tokens"], figures["tokens_per_s"]) == (4, 1, 9, 4.5)
-    assert figures["seeded_identical_to_sequential"] == 1.0  # request 0 is the seeded one
-    assert figures["greedy_identical_to_sequential"] is None  # the greedy ones failed: nothing to compare
+    assert figures["seeded_identical_alone"] == 1.0  # request 0 is a seeded one
+    assert figures["greedy_identical_alone"] is None  # the greedy ones failed: nothing to compare
+    assert figures["other_cpu_share"] == 0.25
 
 
 def test_mixed_workload_covers_every_kind():
-    bodies = bench_serve.mixed_bodies(24, 32)
+    bodies = bench_serve.mixed_bodies(24, 32, first=5000)
     streamed = [b for b in bodies if b.get("stream")]
     seeded = [b for b in bodies if "seed" in b]
-    long = [b for b in bodies if b["messages"][0]["content"] == bench_serve.LONG_PROMPT]
+    long = [b for b in bodies if b["messages"][0]["content"].endswith(bench_serve.LONG_PROMPT)]
+    prompts = [b["messages"][0]["content"] for b in bodies + bench_serve.mixed_bodies(24, 32, first=6000)]
+    assert len(set(prompts)) == len(prompts)  # no prompt repeats, within a phase or across phases
     assert (len(streamed), len(seeded), len(long)) == (12, 8, 12)
     assert {(bool(b.get("stream")), "seed" in b, b in long) for b in bodies} == {
         (s, x, g) for s in (True, False) for x in (True, False) for g in (True, False)}
