@@ -247,3 +247,31 @@ def test_benchmark_modules_import_without_side_effects():
             "'onnxruntime', 'transformers', 'chatpack'))]; assert not bad, bad")
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
+
+
+def test_threads_key_declared_on_a_copy(tmp_path):
+    import yaml
+
+    from benchmarks.common import with_threads_key
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "MLmodel").write_text(yaml.safe_dump({"flavors": {"python_function": {
+        "config": {"max_new_tokens": 256}, "loader_module": "x"}}}))
+    (model / "weights.bin").write_text("w")
+    copy, made = with_threads_key(str(model), tmp_path / "copies")
+    assert made and Path(copy).parent == tmp_path / "copies"
+    meta = yaml.safe_load((Path(copy) / "MLmodel").read_text())
+    assert meta["flavors"]["python_function"]["config"] == {"max_new_tokens": 256, "threads": 0}
+    assert (Path(copy) / "weights.bin").read_text() == "w"
+    assert "threads" not in yaml.safe_load((model / "MLmodel").read_text())["flavors"]["python_function"]["config"]
+    assert with_threads_key(copy, tmp_path / "copies") == (copy, False)  # already declared: used as it is
+
+
+def test_cpu_meter_reports_a_share():
+    from benchmarks.common import CpuMeter
+
+    meter = CpuMeter([]).start()
+    sum(i * i for i in range(200_000))
+    share = meter.stop()
+    assert share is None or 0.0 <= share <= 1.0
