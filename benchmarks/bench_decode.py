@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ PROMPTS = [
             ("security audit", "scheduled", "next Tuesday"), ("cost dashboard", "in testing", "next Friday"),
         ] * 2)) + " Summarise the three most urgent items in one sentence each.",
 ]
+LONG_PROMPT = len(PROMPTS) - 1  # index of the long prompt
 REFERENCE = "onnx_pyfunc"
 ALL_ENGINES = "onnx_pyfunc,onnx_pyfunc_as_logged,raw_ort,transformers_pyfunc,raw_transformers,llama_cpp,llama_server"
 PROTOCOL = "@@bench "
@@ -114,20 +116,32 @@ class Worker:
         return rss
 
 
-def round_figures(samples: list[dict[str, Any]]) -> dict[str, float | None]:
-    """One engine's figures for one round (all prompts of the round)."""
-    decoding = [s for s in samples if s["ttft_s"] is not None and s["tokens"] > 1 and s["total_s"] > s["ttft_s"]]
+def round_figures(samples: list[dict[str, Any]], long_prompt: int = LONG_PROMPT) -> dict[str, float | None]:
+    """One engine's figures for one round: medians over the round's prompts of each reply's figures (a median, so
+    that one reply caught by another process's burst does not decide the round). Time to first token is taken over
+    the short prompts; ``ttft_long_s`` is the long prompt's (prefill weighs in)."""
     streams = all(s.get("streams", True) for s in samples)
-    ttfts = [s["ttft_s"] for s in samples if s["ttft_s"] is not None]
+    decoding = [(s["tokens"] - 1) / (s["total_s"] - s["ttft_s"]) for s in samples
+                if s["ttft_s"] is not None and s["tokens"] > 1 and s["total_s"] > s["ttft_s"]]
+    short = [s["ttft_s"] for s in samples if s["ttft_s"] is not None and s.get("prompt") != long_prompt]
+    long = [s["ttft_s"] for s in samples if s["ttft_s"] is not None and s.get("prompt") == long_prompt]
     return {
-        "decode_tokens_per_s": (sum(s["tokens"] - 1 for s in decoding) / sum(s["total_s"] - s["ttft_s"]
-                                                                             for s in decoding))
-        if decoding and streams else None,
-        "ttft_s": common.percentile(ttfts, 50) if ttfts else None,
-        "e2e_tokens_per_s": sum(s["tokens"] for s in samples) / sum(s["total_s"] for s in samples),
-        "latency_s": common.percentile([s["total_s"] for s in samples], 50),
-        "reply_tokens": sum(s["tokens"] for s in samples) / len(samples),
+        "decode_tokens_per_s": statistics.median(decoding) if decoding and streams else None,
+        "ttft_s": statistics.median(short) if short else None,
+        "ttft_long_s": statistics.median(long) if long else None,
+        "e2e_tokens_per_s": statistics.median([s["tokens"] / s["total_s"] for s in samples]),
+        "latency_s": statistics.median([s["total_s"] for s in samples]),
+        "reply_tokens": statistics.mean([s["tokens"] for s in samples]),
     }
+
+
+def resummarise(path: Path) -> dict[str, Any]:
+    """Recompute every engine's per-round figures from the samples a results file holds."""
+    payload = json.loads(path.read_text())
+    for engine in payload["engines"].values():
+        rounds = sorted({s["round"] for s in engine["samples"]})
+        engine["rounds"] = [round_figures([s for s in engine["samples"] if s["round"] == r]) for r in rounds]
+    return payload
 
 
 def compare_replies(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -200,6 +214,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llama_server", default="", help="llama-server binary (default: $LLAMA_SERVER, the build "
                                                       "script's folder, PATH).")
     p.add_argument("--out", default=str(common.RESULTS / "decode.json"), help="Results JSON.")
+    p.add_argument("--resummarise", action="store_true",
+                   help="Only recompute the per-round figures of --out from the samples it holds.")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -210,6 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     common.exit_on_sigterm()
     if args.worker:
         worker(args.worker, json.loads(args.spec))
+        return 0
+    if args.resummarise:
+        out = Path(args.out)
+        payload = resummarise(out)
+        out.write_text(json.dumps(payload, indent=1) + "\n")
+        from benchmarks.report import decode_tables
+
+        print(decode_tables(payload, str(out)))
         return 0
     if not args.fetch_run_id:
         raise SystemExit("--fetch_run_id is required")

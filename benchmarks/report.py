@@ -79,37 +79,43 @@ def machine_line(payload: dict[str, Any], source: str, others: list[float | None
 # -- decode ----------------------------------------------------------------------------------------------------------
 def decode_tables(payload: dict[str, Any], source: str = "benchmarks/results/decode.json") -> str:
     engines, config = payload["engines"], payload["config"]
-    ref = config.get("reference")
     peer = "llama_server" if "llama_server" in engines else ("llama_cpp" if "llama_cpp" in engines else None)
     identical = payload.get("replies", {}).get("identical_share", {})
     stable = payload.get("replies", {}).get("same_text_every_round", {})
-    head = ["| engine | threads | decode tok/s | TTFT s | e2e tok/s | latency p50 s | reply tokens | "
-            f"x {peer or 'llama.cpp'} decode | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+    head = ["| engine | threads | decode tok/s | TTFT s | TTFT long prompt s | e2e tok/s | latency s | reply tokens | "
+            f"x {peer or 'llama.cpp'} decode | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for name, e in engines.items():
         rounds = e["rounds"]
         peer_rounds = engines[peer]["rounds"] if peer else []
         vs_peer = [ratio(a["decode_tokens_per_s"], b["decode_tokens_per_s"]) for a, b in zip(rounds, peer_rounds)]
-        ttft = fmt_spread([r["ttft_s"] for r in rounds], 3) + ("" if e.get("streams", True) else " (whole reply)")
+        whole = "" if e.get("streams", True) else " (whole reply)"
+        ttft = fmt_spread([r["ttft_s"] for r in rounds], 3) + whole
+        ttft_long = fmt_spread([r.get("ttft_long_s") for r in rounds], 3) + (whole if ttft_long_seen(rounds) else "")
         rows.append(f"| {e.get('label') or name} | {e.get('threads') or config['threads']} | "
-                    f"{fmt_spread([r['decode_tokens_per_s'] for r in rounds])} | {ttft} | "
+                    f"{fmt_spread([r['decode_tokens_per_s'] for r in rounds])} | {ttft} | {ttft_long} | "
                     f"{fmt_spread([r['e2e_tokens_per_s'] for r in rounds])} | "
                     f"{fmt_spread([r['latency_s'] for r in rounds], 2)} | "
                     f"{fmt_spread([r['reply_tokens'] for r in rounds])} | {fmt_spread(vs_peer, 2)} | "
                     f"{fmt(e.get('peak_rss_mb'), 0)} |")
     for name, why in (config.get("skipped") or {}).items():
-        rows.append(f"| {name} | | skipped: {why} | | | | | | |")
+        rows.append(f"| {name} | | skipped: {why} | | | | | | | |")
     names = list(engines)
     comp = ["| engine | same text every round | " + " | ".join(f"= {n}" for n in names) + " |",
             "|---|---|" + "---|" * len(names)]
     for a in names:
         comp.append(f"| {a} | {fmt_share(stable.get(a))} | " +
                     " | ".join(fmt_share(identical.get(a, {}).get(b)) for b in names) + " |")
-    note = (f"{len(config['prompts'])} prompts x {config['rounds']} rounds, {config['max_new_tokens']} new tokens, "
-            f"greedy; reference for reply texts: {ref}.")
+    note = (f"{len(config['prompts'])} prompts (the last one long) x {config['rounds']} rounds, "
+            f"{config['max_new_tokens']} new tokens, greedy. Per round, each figure is the median over the prompts "
+            "(TTFT: over the short ones); the table shows the median (min-max) of the per-round figures.")
     others = payload["machine"].get("other_cpu_share_per_round")
     return "\n".join([machine_line(payload, source, others), "", note, "", *head, *rows, "",
                       "Greedy reply texts: share of (prompt, round) pairs with identical text.", "", *comp])
+
+
+def ttft_long_seen(rounds: list[dict[str, Any]]) -> bool:
+    return any(r.get("ttft_long_s") is not None for r in rounds)
 
 
 # -- serve -----------------------------------------------------------------------------------------------------------

@@ -24,9 +24,9 @@ def _machine() -> dict:
             "threads": 2, "git_commit": "abc1234", "loadavg_per_round": [[1.5, 1, 1], [2.5, 1, 1], [0.5, 1, 1]]}
 
 
-def _decode_round(decode, ttft, e2e, latency, tokens=64.0):
-    return {"decode_tokens_per_s": decode, "ttft_s": ttft, "e2e_tokens_per_s": e2e, "latency_s": latency,
-            "reply_tokens": tokens}
+def _decode_round(decode, ttft, e2e, latency, tokens=64.0, ttft_long=None):
+    return {"decode_tokens_per_s": decode, "ttft_s": ttft, "ttft_long_s": ttft_long, "e2e_tokens_per_s": e2e,
+            "latency_s": latency, "reply_tokens": tokens}
 
 
 DECODE = {
@@ -36,8 +36,9 @@ DECODE = {
                "skipped": {"llama_cpp": "llama-cpp-python not installed"}},
     "engines": {
         "onnx_pyfunc": {"label": "ONNX pyfunc", "streams": True, "threads": "ort 2", "peak_rss_mb": 450.4,
-                        "rounds": [_decode_round(100.0, 0.15, 90.0, 0.7), _decode_round(80.0, 0.25, 70.0, 0.9),
-                                   _decode_round(120.0, 0.20, 95.0, 0.6)]},
+                        "rounds": [_decode_round(100.0, 0.15, 90.0, 0.7, ttft_long=0.6),
+                                   _decode_round(80.0, 0.25, 70.0, 0.9, ttft_long=0.9),
+                                   _decode_round(120.0, 0.20, 95.0, 0.6, ttft_long=0.7)]},
         "transformers_pyfunc": {"label": "transformers flavour", "streams": False, "threads": "torch 2",
                                 "peak_rss_mb": 1100.0,
                                 "rounds": [_decode_round(None, 2.0, 30.0, 2.0, 60.0),
@@ -120,12 +121,13 @@ def test_decode_table_medians_ranges_and_skips():
     assert onnx[1] == "ort 2"
     assert onnx[2] == "100.0 (80.0-120.0)"  # decode tok/s: median and range over the rounds
     assert onnx[3] == "0.200 (0.150-0.250)"  # TTFT
-    assert onnx[4] == "90.0 (70.0-95.0)"
-    assert onnx[6] == "64.0"  # equal in every round: no range
-    assert onnx[7] == "2.00 (0.80-2.00)"  # per-round ratios to llama-server: 100/50, 80/100, 120/60
-    assert onnx[8] == "450"
+    assert onnx[4] == "0.700 (0.600-0.900)"  # TTFT of the long prompt
+    assert onnx[5] == "90.0 (70.0-95.0)"
+    assert onnx[7] == "64.0"  # equal in every round: no range
+    assert onnx[8] == "2.00 (0.80-2.00)"  # per-round ratios to llama-server: 100/50, 80/100, 120/60
+    assert onnx[9] == "450"
     tf = _row(table, "transformers flavour")
-    assert tf[2] == "n/a" and tf[3] == "2.000 (1.900-2.200) (whole reply)" and tf[7] == "n/a"
+    assert tf[2] == "n/a" and tf[3] == "2.000 (1.900-2.200) (whole reply)" and tf[4] == "n/a" and tf[8] == "n/a"
     assert _row(table, "llama_cpp")[2] == "skipped: llama-cpp-python not installed"
     assert _row(table, "llama_server")[1:] == ["50%", "25%", "0%", "100%"]
 
@@ -227,11 +229,15 @@ def test_mixed_workload_covers_every_kind():
 
 def test_decode_round_figures_and_reply_comparison():
     samples = [{"ttft_s": 0.1, "total_s": 1.1, "tokens": 51, "text": "x", "prompt": 0},
-               {"ttft_s": 0.3, "total_s": 2.3, "tokens": 101, "text": "y", "prompt": 1}]
-    figures = bench_decode.round_figures(samples)
-    assert figures["decode_tokens_per_s"] == pytest.approx(150 / 3.0)
-    assert figures["e2e_tokens_per_s"] == pytest.approx(152 / 3.4)
-    assert figures["reply_tokens"] == 76
+               {"ttft_s": 0.3, "total_s": 2.3, "tokens": 101, "text": "y", "prompt": 1},
+               {"ttft_s": 0.9, "total_s": 1.9, "tokens": 11, "text": "w", "prompt": 2}]
+    figures = bench_decode.round_figures(samples, long_prompt=2)
+    assert figures["decode_tokens_per_s"] == pytest.approx(50.0)  # median of 50, 50, 10 tokens/s
+    assert figures["ttft_s"] == pytest.approx(0.2) and figures["ttft_long_s"] == pytest.approx(0.9)
+    assert figures["e2e_tokens_per_s"] == pytest.approx(101 / 2.3)  # median of 46.4, 43.9, 5.8
+    assert figures["latency_s"] == pytest.approx(1.9)
+    assert figures["reply_tokens"] == pytest.approx(163 / 3)
+    samples = samples[:2]
     whole = bench_decode.round_figures([{**s, "ttft_s": s["total_s"], "streams": False} for s in samples])
     assert whole["decode_tokens_per_s"] is None
     other = [{**samples[0]}, {**samples[1], "text": "z"}]
