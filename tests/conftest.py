@@ -32,6 +32,8 @@ def isolated_tracking(tmp_path_factory):
     import mlflow
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    # Artifacts beside the store, not in ./mlruns of the working directory (the default for a sqlite store).
+    mlflow.create_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"], artifact_location=(base / "artifacts").as_uri())
     yield base
     for key, value in saved.items():
         if value is None:
