@@ -13,7 +13,8 @@ Outputs, on the MLflow run (tag ``chatpack.step=log_onnx_pyfunc``):
   (``chatpack/flavours/onnx_chat/model_code.py``) with the ONNX folder as artifact ``onnx_model`` and only the runtime
   code (``chatpack.protocol``, ``chatpack.engine``, the PythonModel) as code; its URI in the tag
   ``chatpack.model_uri``; metadata records source, revision, weight sha256, precision, provider and the
-  onnxruntime-genai version.
+  onnxruntime-genai version; the fetch run's damage metrics (``damage_*``) are logged on the LoggedModel, so
+  ``mlflow.search_logged_models`` ranks builds by them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import mlflow
+
+from chatpack.evaluation.damage import model_metrics
 from chatpack.flavours.model_config import GenerationDefaults
 from chatpack.flavours.onnx_chat.log_model import log_onnx_model
+from chatpack.sources.fetch import FetchedModel
 from steps import common
 
 STEP = "log_onnx_pyfunc"
@@ -37,8 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _run(args: argparse.Namespace) -> None:
     defaults = GenerationDefaults(args.max_new_tokens, args.temperature, args.top_p)
-    common.log_model_step(STEP, args, defaults, {},
-                   lambda fetched: log_onnx_model(fetched, args.model_name, defaults, args.registered_model_name))
+
+    def log(fetched: FetchedModel):
+        info = log_onnx_model(fetched, args.model_name, defaults, args.registered_model_name)
+        damage = model_metrics(fetched.info)  # the fetch run's damage report, onto the LoggedModel
+        if damage:
+            mlflow.log_metrics(damage, model_id=info.model_id)
+        return info
+
+    common.log_model_step(STEP, args, defaults, {}, log)
 
 
 def main(argv: list[str] | None = None) -> int:

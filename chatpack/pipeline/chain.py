@@ -37,6 +37,8 @@ class PipelineOptions:
     max_new_tokens: int = 64
     quality_tolerance: float = 0.05
     force: bool = False
+    damage: bool = True
+    damage_tokens: int = 4096
 
 
 def registry_name(model: str, requested: str) -> str:
@@ -77,7 +79,8 @@ def run_pipeline(options: PipelineOptions) -> dict[str, str]:
     runs["fetch_model"] = run_or_reuse("fetch_model", {
         "model": options.model, "revision": options.revision, "precision": options.precision,
         "execution_provider": options.execution_provider, "block_size": options.block_size,
-        "accuracy_level": options.accuracy_level}, options, experiment_id, version, reused)
+        "accuracy_level": options.accuracy_level, "damage": str(options.damage).lower(),
+        "damage_tokens": options.damage_tokens}, options, experiment_id, version, reused)
     runs["log_transformers"] = run_or_reuse("log_transformers", {"fetch_run_id": runs["fetch_model"]}, options,
                                         experiment_id, version, reused)
     runs["log_onnx_pyfunc"] = run_or_reuse("log_onnx_pyfunc", {"fetch_run_id": runs["fetch_model"]}, options,

@@ -29,6 +29,7 @@ STEP = "fetch_model"
 HF_ARTIFACT = "hf_model"
 ONNX_ARTIFACT = "onnx_model"
 INFO_ARTIFACT = "fetch_info.json"
+DAMAGE_ARTIFACT = "damage_report.json"
 VERSIONED_LIBRARIES = ("onnxruntime-genai", "onnxruntime", "transformers", "torch", "mlflow", "huggingface_hub")
 
 
@@ -136,6 +137,9 @@ def log_fetch(result: FetchResult) -> None:
     metrics = {k: float(v) for k, v in info["seconds"].items()}
     metrics.update(hf_model_bytes=info["hf_model_bytes"], onnx_model_bytes=info["onnx_model_bytes"],
                    onnx_cache_hit=float(info["onnx_cache_hit"]))
+    if info.get("damage"):  # the damage report (chatpack.evaluation.damage), when the step made one
+        metrics.update(info["damage"]["metrics"])
+        mlflow.log_dict(info["damage"], DAMAGE_ARTIFACT)
     mlflow.log_metrics(metrics)
 
 
