@@ -7,8 +7,13 @@ Inputs (MLproject params, same names as the flags):
   queue_size  requests admitted at once (running + waiting); more get HTTP 429
   threads     compute threads for the model (ONNX: onnxruntime intra-op threads; transformers: torch threads);
               0 = the runtime's default
+  experiment  MLflow experiment that receives a trace per chat request (default ``chatpack-serve``)
+  tracing     true (default) / false: record those traces at all
+  trace_text  true (default) / false: record prompt and reply text in them (false: roles, options and counts only)
 
-Outputs: none logged; serves until interrupted. See chatpack/serving/openai_server.py for the routes.
+Outputs: a trace per chat request in ``experiment`` of the tracking store (``MLFLOW_TRACKING_URI``), linked to the
+served LoggedModel; Prometheus metrics at ``GET /metrics``. Serves until interrupted. See
+chatpack/serving/openai_server.py for the routes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 
 from chatpack.serving.openai_server import serve
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE
+from chatpack.serving.tracing import DEFAULT_EXPERIMENT, TraceSettings
 from steps import common
 
 
@@ -30,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Max requests admitted (running + waiting); more get HTTP 429.")
     p.add_argument("--threads", type=int, default=0,
                    help="Compute threads for the model (onnxruntime intra-op / torch); 0 = the runtime's default.")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                   help="MLflow experiment that receives one trace per chat request (created if missing).")
+    p.add_argument("--tracing", type=common.str2bool, default=True, help="Trace each chat request in MLflow.")
+    p.add_argument("--trace_text", type=common.str2bool, default=True,
+                   help="Record prompt and reply text in traces (false: roles, options and token counts only).")
     common.add_verbose(p)
     return p.parse_args(argv)
 
@@ -39,7 +50,10 @@ def _run(args: argparse.Namespace) -> None:
         raise ValueError(f"port: must be 1-65535, got {args.port}")
     if args.threads < 0:
         raise ValueError(f"threads: must be >= 0 (0 = the runtime's default), got {args.threads}")
-    serve(args.model_uri, args.host, args.port, args.queue_size, args.threads or None)
+    if not args.experiment.strip():
+        raise ValueError("experiment: must not be empty (pass --tracing false to record no traces)")
+    tracing = TraceSettings(args.tracing, args.experiment, args.trace_text)
+    serve(args.model_uri, args.host, args.port, args.queue_size, args.threads or None, tracing)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@
 ``POST /v1/chat/completions`` takes the OpenAI request body and answers a ``chat.completion`` object, or with
 ``"stream": true`` Server-Sent Events of ``chat.completion.chunk`` objects ending with ``data: [DONE]`` (driven by the
 model's ``predict_stream``; a model without one sends its whole reply as one chunk). ``GET /v1/models`` lists the
-served model, ``GET /health`` says whether it is loaded. Errors use OpenAI's shape ``{"error": {"message", "type",
+served model, ``GET /health`` says whether it is loaded, ``GET /metrics`` gives Prometheus metrics
+(:mod:`chatpack.serving.metrics`); every chat request becomes an MLflow trace (:mod:`chatpack.serving.tracing`).
+Errors use OpenAI's shape ``{"error": {"message", "type",
 "param", "code"}}``: 400 for bad requests (naming the field), 404 unknown route, 429 when the bounded queue is full,
 503 while the model loads.
 
@@ -25,13 +27,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatpack.protocol.chat_request import ChatRequest, parse_request
 from chatpack.protocol.errors import RequestError, error_body, openai_error
 from chatpack.protocol.replies import chat_chunk
+from chatpack.serving.metrics import CONTENT_TYPE, ServerMetrics
+from chatpack.serving.observer import RequestObserver
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE, ServedModel
+from chatpack.serving.tracing import RequestTracer, TraceSettings
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +78,25 @@ def _whole_reply_chunks(reply: dict[str, Any], name: str) -> list[dict[str, Any]
             chat_chunk(cid, name, created, {}, choice.get("finish_reason", "stop"), reply.get("usage"))]
 
 
-def create_app(served: ServedModel, load_in_background: bool = True) -> FastAPI:
+def create_app(served: ServedModel, load_in_background: bool = True, tracing: TraceSettings | None = None) -> FastAPI:
+    """The app over ``served``; ``tracing`` says where chat requests are traced (default: on, see ``tracing``)."""
+    tracing = tracing or TraceSettings()
+    tracer = RequestTracer(tracing, served) if tracing.enabled else None
+    metrics = ServerMetrics(served)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if tracer is not None:
+            threading.Thread(target=tracer.start, name="trace-setup", daemon=True).start()
         if load_in_background and served.model is None:
             threading.Thread(target=served.load, name="load-model", daemon=True).start()
         yield
         served.executor.shutdown(wait=False, cancel_futures=True)
+        if tracer is not None:
+            tracer.close()
 
     app = FastAPI(title="chatpack OpenAI-compatible server", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.add_middleware(RequestObserver, metrics=metrics, tracer=tracer)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -93,6 +108,10 @@ def create_app(served: ServedModel, load_in_background: bool = True) -> FastAPI:
         status = "ok" if served.model is not None else ("error" if served.load_error else "loading")
         body = {"status": status, "model": served.name, "in_flight": served.in_flight, "error": served.load_error}
         return JSONResponse(body, 200 if status == "ok" else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
@@ -185,9 +204,9 @@ def create_app(served: ServedModel, load_in_background: bool = True) -> FastAPI:
 
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, queue_size: int = DEFAULT_QUEUE_SIZE,
-          threads: int | None = None) -> None:
+          threads: int | None = None, tracing: TraceSettings | None = None) -> None:
     """Run the server until interrupted."""
     import uvicorn
 
-    app = create_app(ServedModel(model_uri, queue_size, threads))
+    app = create_app(ServedModel(model_uri, queue_size, threads), tracing=tracing)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=30)

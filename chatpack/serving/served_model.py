@@ -5,6 +5,11 @@ its own ``chatpack`` imported already, and Python would resolve the model's ``fr
 server's copy: a model logged at another commit would then run (or fail to import) code it was not logged with.
 So the model is loaded with the server's copies of its code's top-level packages taken out of ``sys.modules``; they
 are put back afterwards, while the model keeps the modules it imported from its own folder.
+
+A transformers ``llm/v1/chat`` model is not served through its pyfunc but through the logged pipeline and
+:class:`~chatpack.serving.transformers_adapter.TransformersChat` (``stop``, context check, token streaming). Either
+way the model is wrapped in :class:`~chatpack.serving.observed_model.ObservedModel`, which notes each call on the
+current request for traces and metrics.
 """
 
 from __future__ import annotations
@@ -16,15 +21,20 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from chatpack.serving.observed_model import ObservedModel
+from chatpack.serving.request_context import ContextExecutor
+from chatpack.serving.transformers_adapter import FLAVOUR as TRANSFORMERS
+from chatpack.serving.transformers_adapter import TransformersChat
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 16
 CONCURRENCY_KEY = "chatpack_concurrency"  # model metadata: "batched" = safe to call from many threads at once
 THREADS_CONFIG_KEY = "threads"  # model_config key the ONNX pyfunc reads (intra-op threads of its session)
+CHAT_TASK = "llm/v1/chat"
 
 
 def served_name(model_uri: str) -> str:
@@ -60,25 +70,47 @@ def own_imports(names: set[str]) -> Iterator[None]:
         sys.modules.update(saved)
 
 
-def load_pyfunc(model_uri: str, threads: int | None = None) -> Any:
-    """``mlflow.pyfunc.load_model`` with the model's own code (see the module docstring) and ``threads`` applied:
-    as the ONNX pyfunc's ``threads`` model_config, or as torch's thread count for other flavours."""
+def load_model(model_uri: str, threads: int | None = None) -> tuple[Any, str, Any]:
+    """(model, flavour, MLmodel) for ``model_uri``, with ``threads`` applied: the ONNX pyfunc's ``threads``
+    model_config, or torch's thread count for other flavours. A transformers chat model comes back as the
+    :class:`TransformersChat` adapter, anything else as its pyfunc loaded with its own code (see the module docstring).
+    """
     import mlflow
     from mlflow.models import Model
 
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
     meta = Model.load(str(local / "MLmodel"))
     pyfunc_conf = meta.flavors.get("python_function", {})
-    config = None
-    if threads:
-        if (meta.metadata or {}).get(CONCURRENCY_KEY):  # the ONNX pyfunc
-            config = {THREADS_CONFIG_KEY: threads}
-        else:
-            import torch
+    batched = bool((meta.metadata or {}).get(CONCURRENCY_KEY))
+    if threads and not batched:
+        import torch
 
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
+    if meta.flavors.get(TRANSFORMERS, {}).get("inference_task") == CHAT_TASK:
+        return TransformersChat(local, meta), TRANSFORMERS, meta
+    config = {THREADS_CONFIG_KEY: threads} if threads and batched else None
     with own_imports(code_packages(local, pyfunc_conf.get("code"))):
-        return mlflow.pyfunc.load_model(str(local), model_config=config)
+        model = mlflow.pyfunc.load_model(str(local), model_config=config)
+    return model, "onnx" if batched else next(iter(set(meta.flavors) - {"python_function"}), "pyfunc"), meta
+
+
+class CountingLock:
+    """A lock that knows how many threads wait for it (the queue of a model that answers one request at a time)."""
+
+    def __init__(self) -> None:
+        self._lock, self._count_lock, self.waiting = threading.Lock(), threading.Lock(), 0
+
+    def __enter__(self) -> None:
+        with self._count_lock:
+            self.waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._count_lock:
+                self.waiting -= 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 class ServedModel:
@@ -92,26 +124,30 @@ class ServedModel:
         self.model_uri, self.name, self.queue_size = model_uri, served_name(model_uri), queue_size
         self.threads = threads
         self.model: Any = None
+        self.flavour: str | None = None
+        self.model_id: str | None = None  # the LoggedModel (traces link to it)
         self.streamable = False
         self.load_error: str | None = None
         self.load_seconds: float | None = None
         self.in_flight = 0
         self._count_lock = threading.Lock()
-        self.serial: contextlib.AbstractContextManager = threading.Lock()  # around each call, unless batched
-        self.executor = ThreadPoolExecutor(max_workers=queue_size, thread_name_prefix="generate")
+        self.serial: contextlib.AbstractContextManager = CountingLock()  # around each call, unless batched
+        self.executor = ContextExecutor(max_workers=queue_size, thread_name_prefix="generate")
 
     def load(self) -> None:
         try:
             start = time.perf_counter()
-            model = load_pyfunc(self.model_uri, self.threads)
-            self.streamable = bool(model.metadata.flavors.get("python_function", {}).get("streamable"))
-            if (model.metadata.metadata or {}).get(CONCURRENCY_KEY) == "batched":
+            model, self.flavour, meta = load_model(self.model_uri, self.threads)
+            self.model_id = meta.model_id
+            self.streamable = self.flavour == TRANSFORMERS or bool(
+                meta.flavors.get("python_function", {}).get("streamable"))
+            if (meta.metadata or {}).get(CONCURRENCY_KEY) == "batched":
                 self.serial = contextlib.nullcontext()
             self.load_seconds = time.perf_counter() - start
-            self.model = model  # last: requests are admitted from here on
-            logger.info("Loaded %s in %.1f s (streaming: %s, concurrent: %s, threads: %s)", self.model_uri,
-                        self.load_seconds, self.streamable, isinstance(self.serial, contextlib.nullcontext),
-                        self.threads or "default")
+            self.model = ObservedModel(model, self.flavour)  # last: requests are admitted from here on
+            logger.info("Loaded %s (%s) in %.1f s (streaming: %s, concurrent: %s, threads: %s)", self.model_uri,
+                        self.flavour, self.load_seconds, self.streamable,
+                        isinstance(self.serial, contextlib.nullcontext), self.threads or "default")
         except Exception as exc:  # reported by /health and 503s, not a crash
             self.load_error = f"{type(exc).__name__}: {exc}"
             logger.exception("Loading %s failed", self.model_uri)
@@ -119,6 +155,14 @@ class ServedModel:
     def predict(self, payload: dict[str, Any]) -> list[Any]:
         with self.serial:
             return self.model.predict(payload)
+
+    def queue_depth(self) -> int:
+        """Admitted requests waiting for the model: for one-at-a-time models those waiting for it, for the batched
+        ONNX engine the greedy requests queued for its next batch."""
+        if isinstance(self.serial, CountingLock):
+            return self.serial.waiting
+        engine = getattr(getattr(getattr(self.model, "_model_impl", None), "python_model", None), "engine", None)
+        return int(getattr(getattr(engine, "scheduler", None), "waiting", 0) or 0)
 
     def admit(self) -> bool:
         with self._count_lock:

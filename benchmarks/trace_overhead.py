@@ -1,0 +1,111 @@
+"""What tracing costs a request: the same model behind two ``serve`` processes, tracing on and off, taking turns.
+
+    python -m benchmarks.trace_overhead --model_uri <model URI> [--requests 120] [--block 10] [--max_tokens 32]
+
+Requests go one at a time, in blocks that alternate between the two servers (so both see the same machine load, and
+the traced server's background export runs while its own next requests are answered, where it would cost them).
+Half the requests stream. Reports median and mean end-to-end latency per server and the overhead of tracing
+(traced / untraced - 1) overall and per kind; writes JSON to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.client import chat
+from benchmarks.common import machine_info, stop_process
+from benchmarks.soak import PROMPTS, start_serve
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def start_server(model_uri: str, tracing: bool, experiment: str) -> tuple[subprocess.Popen, str]:
+    proc, base = start_serve(model_uri, "--tracing", str(tracing).lower(), "--experiment", experiment)
+    return proc, base + "/v1/chat/completions"
+
+
+def body(index: int, max_tokens: int) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": f"{PROMPTS[index % len(PROMPTS)]} ({index})"}],
+            "max_tokens": max_tokens, "stream": index % 2 == 1}
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "median_ms": round(statistics.median(values) * 1000, 2),
+            "mean_ms": round(statistics.fmean(values) * 1000, 2)}
+
+
+def overhead(on: list[float], off: list[float]) -> dict[str, float]:
+    return {"median_pct": round((statistics.median(on) / statistics.median(off) - 1) * 100, 2),
+            "mean_pct": round((statistics.fmean(on) / statistics.fmean(off) - 1) * 100, 2)}
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    servers = {}
+    try:
+        for mode in ("on", "off"):
+            servers[mode] = start_server(args.model_uri, mode == "on", args.experiment)
+        for i in range(args.warmup):  # both servers answer every kind once before timing
+            for _, url in servers.values():
+                chat(url, body(i, args.max_tokens))
+        times: dict[str, dict[bool, list[float]]] = {"on": {False: [], True: []}, "off": {False: [], True: []}}
+        failures = 0
+        for start in range(0, args.requests, args.block):
+            order = ("on", "off") if (start // args.block) % 2 == 0 else ("off", "on")
+            for mode in order:
+                for i in range(start, min(start + args.block, args.requests)):
+                    request = body(i, args.max_tokens)
+                    reply = chat(servers[mode][1], request)
+                    failures += not reply.ok
+                    times[mode][request["stream"]].append(reply.total_s)
+    finally:
+        for proc, _ in servers.values():
+            stop_process(proc, group=True)
+    every = {mode: kinds[False] + kinds[True] for mode, kinds in times.items()}
+    return {"model_uri": args.model_uri, "requests_per_server": args.requests, "block": args.block,
+            "max_tokens": args.max_tokens, "failures": failures,
+            "latency": {mode: stats(values) for mode, values in every.items()},
+            "overhead": overhead(every["on"], every["off"]),
+            "overhead_whole": overhead(times["on"][False], times["off"][False]),
+            "overhead_streamed": overhead(times["on"][True], times["off"][True]),
+            "machine": machine_info(threads=os.cpu_count() or 1)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model_uri", required=True, help="The model both servers serve.")
+    p.add_argument("--requests", type=int, default=120, help="Timed requests per server (half streamed).")
+    p.add_argument("--block", type=int, default=10, help="Requests per turn before switching servers.")
+    p.add_argument("--max_tokens", type=int, default=32, help="Tokens per reply.")
+    p.add_argument("--warmup", type=int, default=4, help="Untimed requests per server first.")
+    p.add_argument("--experiment", default="chatpack-trace-overhead", help="Experiment the traced server writes to.")
+    p.add_argument("--out", type=Path, default=RESULTS, help="Folder for the JSON result.")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = measure(args)
+    lat, ov = result["latency"], result["overhead"]
+    print("| tracing | requests | median ms | mean ms |\n|---|---|---|---|")
+    for mode in ("off", "on"):
+        print(f"| {mode} | {lat[mode]['n']} | {lat[mode]['median_ms']} | {lat[mode]['mean_ms']} |")
+    print(f"\noverhead: median {ov['median_pct']:+.2f}%, mean {ov['mean_pct']:+.2f}% (whole replies "
+          f"{result['overhead_whole']['median_pct']:+.2f}%, streamed {result['overhead_streamed']['median_pct']:+.2f}%"
+          f" median); failures: {result['failures']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"trace-overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"written {path}")
+    return 0 if result["failures"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The served model as ``serve`` calls it: the loaded model, with every call noted on the current request.
+
+:class:`ObservedModel` forwards ``predict`` and ``predict_stream`` unchanged and records, on the request's
+:class:`~chatpack.serving.request_context.RequestContext`, the model input, the reply text, token counts, finish
+reason and the phases of a streamed reply, read from its chunks alone (so it works for any model, including one
+logged with older code): the first chunk (the role) comes once the prompt is templated and tokenised, the first chunk
+with text once prefill has produced the first token, the last one carries ``finish_reason`` and ``usage``. Models
+that know more mark phases themselves (the transformers adapter does, also for whole replies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from chatpack.serving.request_context import current
+
+
+class ObservedModel:
+    """``model`` with its calls noted on the current request; other attributes pass through."""
+
+    def __init__(self, model: Any, flavour: str):
+        self.model, self.flavour = model, flavour
+
+    def __getattr__(self, name: str) -> Any:  # metadata, _model_impl, ... of the wrapped model
+        return getattr(self.model, name)
+
+    def predict(self, payload: Any, *args: Any, **kwargs: Any) -> Any:
+        context = current()
+        if context is None:
+            return self.model.predict(payload, *args, **kwargs)
+        context.flavour, context.payload = self.flavour, payload if isinstance(payload, dict) else None
+        context.mark("model")
+        replies = self.model.predict(payload, *args, **kwargs)
+        reply = replies[0] if isinstance(replies, list) and replies else None
+        if isinstance(reply, dict) and reply.get("choices"):
+            choice = reply["choices"][0]
+            context.pieces = [(choice.get("message") or {}).get("content") or ""]
+            context.note_usage(reply.get("usage"), choice.get("finish_reason"))
+        return replies
+
+    def predict_stream(self, payload: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        context = current()
+        if context is not None:
+            context.flavour, context.payload, context.streamed = self.flavour, payload, True
+            context.mark("model")
+        chunks = self.model.predict_stream(payload, *args, **kwargs)
+        return chunks if context is None else self._observed(chunks, context)
+
+    @staticmethod
+    def _observed(chunks: Iterator[Any], context: Any) -> Iterator[Any]:
+        try:
+            for chunk in chunks:
+                if isinstance(chunk, dict) and chunk.get("choices"):
+                    choice = chunk["choices"][0]
+                    text = (choice.get("delta") or {}).get("content")
+                    context.mark("tokenised")
+                    if text:
+                        context.mark("first_token")
+                        context.pieces.append(text)
+                    if choice.get("finish_reason") or chunk.get("usage"):
+                        context.note_usage(chunk.get("usage"), choice.get("finish_reason"))
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # a closed stream stops generation (the server closes it when the client goes away)
