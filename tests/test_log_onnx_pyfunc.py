@@ -120,7 +120,6 @@ def test_sampling_with_a_seed_is_repeatable(onnx_model):
     assert first == content(ask(onnx_model, max_tokens=10, temperature=1.0, seed=7))
 
 
-TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
 LONG = [{"role": "user", "content": "word " * 600}]
 
 
@@ -141,7 +140,10 @@ LONG = [{"role": "user", "content": "word " * 600}]
         ({"messages": CONVERSATION, "n": 2, "stream": True}, None),
         ({"messages": LONG}, "messages: the prompt is .* tokens; this model's context is 512"),
         ({"messages": CONVERSATION, "prompt": "x"}, "not both"),
-        ({"messages": CONVERSATION, "tools": [TOOL]}, "tools: unsupported"),
+        ({"messages": CONVERSATION, "tools": [{"type": "function", "function": {"parameters": {}}}]},
+         r"tools\[0\].function.name: required"),
+        ({"messages": CONVERSATION, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "objekt"}}}}, "response_format.json_schema.schema: cannot be enforced"),
         ({"messages": CONVERSATION, "presence_penalty": 0.5}, "presence_penalty: unsupported"),
     ],
 )

@@ -127,7 +127,7 @@ def test_stream_ends_with_done_over_raw_sse(onnx_server):
         ({"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
         ({"messages": MESSAGES, "temperature": 3}, "temperature"),
         ({"messages": MESSAGES, "top_p": 0}, "top_p"),
-        ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools"),
         ({"messages": [{"role": "user", "content": "word " * 600}]}, "messages"),
         ({"messages": [{"role": "user", "content": "word " * 600}], "stream": True}, "messages"),
     ],

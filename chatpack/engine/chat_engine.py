@@ -4,12 +4,17 @@ One :class:`OnnxChatEngine` holds one model (:class:`~chatpack.engine.genai_mode
 requests, each in a fresh generator. Every reply goes through the shared decode step
 (:mod:`chatpack.engine.decode_step`); who gets the model when is the :class:`~chatpack.engine.scheduler.Scheduler`'s
 business: greedy ``complete`` calls that arrive while the model is busy are answered together in one batched
-generator, with the same replies as alone; streams and sampled requests run one at a time.
+generator, with the same replies as alone; streams, sampled and constrained requests run one at a time.
+
+A request with a decoding constraint (``options.guidance``) gets its generator made, and the constraint compiled, when
+it is submitted, before it waits for the model: a constraint that does not compile fails at the call and never holds
+the model. Conversations with tools are rendered by :mod:`chatpack.engine.tool_prompt`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +23,14 @@ from chatpack.engine.decode_step import RowDecoder, StreamState, decode
 from chatpack.engine.genai_model import GenaiModel
 from chatpack.engine.scheduler import Pending, Scheduler
 from chatpack.engine.search_options import GREEDY
+from chatpack.engine.tool_calls import CallGuard
+from chatpack.engine.tool_prompt import conversation, template_takes_tools
 from chatpack.protocol.chat_request import GenerationOptions
+from chatpack.protocol.reply_format import ReplyFormat
 
 __all__ = ["Completion", "ContextOverflow", "OnnxChatEngine", "StreamState"]
+
+logger = logging.getLogger(__name__)
 
 
 class ContextOverflow(ValueError):
@@ -56,11 +66,17 @@ class OnnxChatEngine:
         self.max_batch = max_batch
         self.scheduler = Scheduler(self._answer, self.context_length, max_batch)
         self.stats = self.scheduler.stats
+        self.native_tools = template_takes_tools(model_dir)
+        logger.info("Constrained decoding ready in %.2f s (tools through the chat template: %s)",
+                    self.genai.warm_up(), self.native_tools)
 
     # -- prompts ---------------------------------------------------------------------------------------------------
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of ``messages`` rendered with the model's own chat template (from its tokenizer files)."""
-        text = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    def encode_chat(self, messages: list[dict], reply_format: ReplyFormat | None = None) -> list[int]:
+        """Token ids of ``messages`` rendered with the model's own chat template (from its tokenizer files); tools
+        and tool turns go through the template where it takes them, as text otherwise."""
+        turns, tools = conversation(messages, reply_format, self.native_tools)
+        extra = {"tools": json.dumps(tools)} if tools else {}
+        text = self.tokenizer.apply_chat_template(json.dumps(turns), add_generation_prompt=True, **extra)
         return self.encode_text(text)
 
     def encode_text(self, text: str) -> list[int]:
@@ -91,12 +107,16 @@ class OnnxChatEngine:
 
     def _pending(self, prompt_ids: list[int], options: GenerationOptions, state: StreamState | None = None
                  ) -> Pending:
-        """The request with the model's defaults applied and its token budget; refuses a prompt that leaves none."""
+        """The request with the model's defaults applied and its token budget; refuses a prompt that leaves none.
+        A constrained request's generator is made here (raises GuidanceError when its constraint does not compile)."""
         options = options.over(self.defaults)
         self.check_fits(prompt_ids)
         budget = self.context_length - len(prompt_ids)
         max_new = min(options.max_tokens, budget) if options.max_tokens else budget
-        return Pending(prompt_ids, options, max_new, state if state is not None else StreamState(len(prompt_ids)))
+        item = Pending(prompt_ids, options, max_new, state if state is not None else StreamState(len(prompt_ids)))
+        if options.guidance is not None:
+            item.generator = self.genai.create(len(prompt_ids), 1, options, max_new)
+        return item
 
     def _stream(self, item: Pending) -> Iterator[str]:
         with self.scheduler.model_lock:
@@ -111,9 +131,21 @@ class OnnxChatEngine:
 
     def _decode(self, group: list[Pending], options: GenerationOptions) -> Iterator[list[str]]:
         """Decode ``group`` in one generator (the caller holds the model lock); fills in each request's text."""
-        rows = [RowDecoder(self.tokenizer, self.eos_ids, item.options.stop, item.max_new, item.state) for item in group]
-        generator = self.genai.generator([item.prompt_ids for item in group], options,
-                                         max(item.max_new for item in group))
+        rows = [self._row(item) for item in group]
+        prompts = [item.prompt_ids for item in group]
+        if group[0].generator is not None:  # made ahead (constrained: always alone)
+            generator, group[0].generator = self.genai.fill(group[0].generator, prompts), None
+        else:
+            generator = self.genai.generator(prompts, options, max(item.max_new for item in group))
         yield from decode(generator, rows)
         for item, row in zip(group, rows):
             item.text = row.text
+
+    def _row(self, item: Pending) -> RowDecoder:
+        """The decode step of one request: stop sequences apply to free text, never inside a constrained reply."""
+        guidance, stops, guard = item.options.guidance, item.options.stop, None
+        if guidance is not None:
+            stops = stops if guidance.free_text else ()
+            if guidance.max_calls:
+                guard = CallGuard(guidance.max_calls)
+        return RowDecoder(self.tokenizer, self.eos_ids, stops, item.max_new, item.state, guard)

@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from chatpack.protocol.errors import RequestError
-from chatpack.protocol.request_model import ChatBody, PromptBody, present
+from chatpack.protocol.reply_format import Guidance, ReplyFormat, read_reply_format
+from chatpack.protocol.request_model import ChatBody, ChatMessage, PromptBody, present
 from chatpack.protocol.validation_text import explain
 
 __all__ = ["ChatRequest", "GenerationOptions", "RequestError", "parse_request", "validate_body"]
@@ -32,6 +33,7 @@ class GenerationOptions:
     stop: tuple[str, ...] = ()
     n: int = 1
     seed: int | None = None
+    guidance: Guidance | None = None  # a decoding constraint (structured output, tool calls); set by the model
 
     def over(self, defaults: dict[str, Any]) -> GenerationOptions:
         """These options on top of the logged defaults: only fields the caller set override them."""
@@ -43,15 +45,17 @@ class GenerationOptions:
             stop=self.stop,
             n=self.n,
             seed=self.seed,
+            guidance=self.guidance,
         )
 
 
 @dataclass(frozen=True)
 class ChatRequest:
-    messages: list[dict[str, str]] | None  # exactly one of messages / prompt is set
+    messages: list[dict[str, Any]] | None  # exactly one of messages / prompt is set
     prompt: str | None
     options: GenerationOptions = field(default_factory=GenerationOptions)
     stream: bool = False
+    reply_format: ReplyFormat | None = None  # response_format / tools, when the request sets any of them
 
 
 def validate_body(body: Any) -> ChatBody | PromptBody:
@@ -75,16 +79,35 @@ def validate_body(body: Any) -> ChatBody | PromptBody:
 def parse_request(body: Any) -> ChatRequest:
     """Validate one request and return what generation needs (``developer`` turns become ``system`` turns)."""
     request = validate_body(body)
-    max_tokens = request.max_tokens
+    max_tokens, reply_format = request.max_tokens, None
     if isinstance(request, ChatBody):
         if max_tokens is None:
             max_tokens = request.max_completion_tokens
-        messages: list[dict[str, str]] | None = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in request.messages]
+        messages: list[dict[str, Any]] | None = conversation(request.messages)
         prompt = None
+        reply_format = read_reply_format(request.response_format, request.tools, request.tool_choice,
+                                         request.parallel_tool_calls)
     else:
         messages, prompt = None, request.prompt
     options = GenerationOptions(max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p,
                                 top_k=request.top_k, stop=tuple(request.stop or ()), n=request.n or 1,
                                 seed=request.seed)
-    return ChatRequest(messages, prompt, options, request.stream)
+    return ChatRequest(messages, prompt, options, request.stream, reply_format)
+
+
+def conversation(turns: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The turns as plain dicts (``role``, ``content``, and the tool fields a turn sets); a ``tool`` turn must answer
+    a call of an earlier assistant turn."""
+    messages, call_ids = [], set()
+    for i, m in enumerate(turns):
+        message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.content}
+        if m.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in m.tool_calls]
+            call_ids.update(call.id for call in m.tool_calls)
+        if m.tool_call_id is not None:
+            if m.tool_call_id not in call_ids:
+                raise RequestError("messages", f"messages[{i}].tool_call_id: {m.tool_call_id!r} answers no tool call "
+                                               "of an earlier assistant turn")
+            message["tool_call_id"] = m.tool_call_id
+        messages.append(message)
+    return messages

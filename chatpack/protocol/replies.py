@@ -16,23 +16,24 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_completion(model: str, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int,
-                    cid: str | None = None) -> dict[str, Any]:
-    """A ``chat.completion`` object; ``choices`` are (content, finish_reason) pairs."""
+def chat_completion(model: str, choices: list[tuple[str | dict[str, Any], str]], prompt_tokens: int,
+                    completion_tokens: int, cid: str | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` object; ``choices`` are (content or whole message, finish_reason) pairs."""
     return {
         "id": cid or completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
-            for i, (text, reason) in enumerate(choices)
+            {"index": i, "message": reply if isinstance(reply, dict) else {"role": "assistant", "content": reply},
+             "finish_reason": reason}
+            for i, (reply, reason) in enumerate(choices)
         ],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
-def chat_chunk(cid: str, model: str, created: int, delta: dict[str, str], finish_reason: str | None = None,
+def chat_chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish_reason: str | None = None,
                usage_: dict[str, int] | None = None) -> dict[str, Any]:
     """One ``chat.completion.chunk``; the last one carries ``finish_reason`` (and ``usage``)."""
     chunk: dict[str, Any] = {

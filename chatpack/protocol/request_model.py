@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ROLES = ("system", "user", "assistant", "developer")  # developer is OpenAI's newer name for system
+ROLES = ("system", "user", "assistant", "developer", "tool")  # developer is OpenAI's newer name for system
 MAX_STOP_SEQUENCES = 4
 MAX_N = 8
-Role = Literal["system", "user", "assistant", "developer"]
+Role = Literal["system", "user", "assistant", "developer", "tool"]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -57,12 +57,42 @@ class _Strict(_Normalised):
     model_config = _STRICT
 
 
+class ToolCallFunction(_Strict):
+    name: NonEmptyStr
+    arguments: str  # JSON text, as the model produced it
+
+
+class MessageToolCall(_Strict):
+    """One tool call of an earlier assistant turn, as OpenAI returned it."""
+
+    id: NonEmptyStr
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(_Strict):
-    """One conversation turn. ``name`` (OpenAI's participant name) is accepted and not passed to the template."""
+    """One conversation turn. ``name`` (OpenAI's participant name) is accepted and not passed to the template.
+    An assistant turn may carry ``tool_calls`` (then ``content`` may be left out); a ``tool`` turn answers one of
+    them by ``tool_call_id``."""
 
     role: Role
-    content: str
+    content: str | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _turn_shape(self) -> Any:
+        # Messages start with the sub-field they blame: the error text becomes "messages[i].<field>: ...".
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content: required (a string)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls: only assistant turns carry tool calls, not {self.role!r} turns")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool_call_id: required in a 'tool' turn (the id of the call it answers)")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"tool_call_id: only 'tool' turns answer a tool call, not {self.role!r} turns")
+        return self
 
 
 class StreamOptions(_Normalised):
@@ -105,6 +135,11 @@ class ChatBody(_Options):
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # The reply's shape; checked field by field in chatpack.protocol.reply_format (paths and sizes).
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("max_completion_tokens", mode="before")
     @classmethod
@@ -118,7 +153,8 @@ class PromptBody(_Options):
     prompt: NonEmptyStr
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (ChatMessage, StreamOptions, ChatBody, PromptBody)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (ToolCallFunction, MessageToolCall, ChatMessage, StreamOptions, ChatBody,
+                                               PromptBody)
 for _model in REQUEST_MODELS:
     if not _model.__pydantic_complete__:  # pragma: no cover - a forward reference slipped in
         raise ImportError(f"{_model.__name__} is not fully defined at import")

@@ -14,7 +14,7 @@ from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from chatpack.protocol.request_model import MAX_STOP_SEQUENCES, ROLES, ChatMessage
+from chatpack.protocol.request_model import MAX_STOP_SEQUENCES, ROLES
 
 # What a field takes, keyed by its path with list indexes written "[]". Numbers are described from type and bounds.
 EXPECTED = {
@@ -23,6 +23,19 @@ EXPECTED = {
     "messages[].role": "one of " + ", ".join(ROLES),
     "messages[].content": "a string",
     "messages[].name": "a string",
+    "messages[].tool_calls": "a list of {id, type, function} objects",
+    "messages[].tool_calls[]": "an object with 'id', 'type' and 'function'",
+    "messages[].tool_calls[].id": "a non-empty string",
+    "messages[].tool_calls[].type": "'function'",
+    "messages[].tool_calls[].function": "an object with 'name' and 'arguments'",
+    "messages[].tool_calls[].function.name": "a non-empty string",
+    "messages[].tool_calls[].function.arguments": "a string holding the arguments as JSON",
+    "messages[].tool_call_id": "a string",
+    "response_format": 'an object such as {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+    "tools": 'a list of {"type": "function", "function": {...}} objects',
+    "tools[]": 'an object such as {"type": "function", "function": {"name": ..., "parameters": {...}}}',
+    "tool_choice": '\'none\', \'auto\', \'required\' or {"type": "function", "function": {"name": ...}}',
+    "parallel_tool_calls": "true or false",
     "prompt": "a non-empty string",
     "stop": f"a non-empty string or a list of at most {MAX_STOP_SEQUENCES} non-empty strings",
     "stream": "true or false",
@@ -33,6 +46,7 @@ EXPECTED = {
 }
 _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 _CONVERSATION = ("messages", "prompt")
+_WHOLE = ("stop", "tools", "tool_choice", "response_format")  # errors inside these are reported for the field
 
 
 def explain(exc: ValidationError, model: type[BaseModel]) -> tuple[str | None, str]:
@@ -40,13 +54,14 @@ def explain(exc: ValidationError, model: type[BaseModel]) -> tuple[str | None, s
     error = min(exc.errors(include_url=False), key=_rank)
     loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
     param = str(loc[0]) if loc else None
-    if param == "stop":
-        loc = ("stop",)  # a bad element is a bad stop: one message for every shape of it
+    if param in _WHOLE:
+        loc = (param,)  # a bad element (or union member) is a bad field: one message for every shape of it
     path, key = _path(loc), _key(loc)
     if kind == "extra_forbidden":
-        owner = ChatMessage if param == "messages" and len(loc) > 1 else model  # the one nested strict model
-        supported = ", ".join(sorted(owner.model_fields))
+        supported = ", ".join(sorted(_owner(model, loc).model_fields))
         return param, f"{path}: unsupported field (supported: {supported})"
+    if kind == "value_error":  # a model validator's own words, which start with the sub-field they blame
+        return param, f"{path}.{(error.get('ctx') or {}).get('error', error['msg'])}"
     if kind == "missing":
         return param, f"{path}: required ({_expected(model, loc, key)})"
     if kind == "literal_error":
@@ -59,6 +74,22 @@ def explain(exc: ValidationError, model: type[BaseModel]) -> tuple[str | None, s
         limit, actual = (error.get("ctx") or {}).get("max_length"), len(value) if hasattr(value, "__len__") else "?"
         return param, f"{path}: at most {limit} {'sequences' if param == 'stop' else 'entries'}, got {actual}"
     return param, f"{path}: expected {_expected(model, loc, key)}, got {_shown(value)}"
+
+
+def _owner(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The (nested) model that owns the last key of ``loc``: followed through the fields' model annotations."""
+    owner = model
+    for part in loc[:-1]:
+        field = owner.model_fields.get(part) if isinstance(part, str) else None
+        if field is not None:
+            owner = _model_in(field.annotation) or owner
+    return owner
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
 
 
 def _rank(error: Any) -> tuple[int, str]:

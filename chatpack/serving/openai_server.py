@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from chatpack.protocol.chat_request import ChatRequest, parse_request
 from chatpack.protocol.errors import RequestError, error_body, openai_error
 from chatpack.protocol.replies import chat_chunk
+from chatpack.protocol.reply_format import STRUCTURED_OUTPUTS_KEY, demanded_field
 from chatpack.serving.metrics import CONTENT_TYPE, ServerMetrics
 from chatpack.serving.observer import RequestObserver
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE, ServedModel
@@ -57,7 +58,21 @@ def model_payload(request: ChatRequest) -> dict[str, Any]:
         payload["stop"] = list(o.stop)
     if o.n != 1:
         payload["n"] = o.n
+    if request.reply_format is not None:
+        payload.update(request.reply_format.fields)  # response_format, tools, ... as the caller sent them
     return payload
+
+
+def check_structured(chat: ChatRequest, served: ServedModel) -> None:
+    """Refuse, naming the field, what needs constrained decoding when the model does not implement it (the
+    transformers flavour; ONNX models logged before it): such a model would ignore the field, not honour it."""
+    field = demanded_field(chat.reply_format, chat.messages)
+    meta = getattr(getattr(served.model, "metadata", None), "metadata", None) or {}
+    if field is not None and not meta.get(STRUCTURED_OUTPUTS_KEY):
+        what, flavour = "tool turns" if field == "messages" else "it", getattr(served, "flavour", None) or "pyfunc"
+        raise RequestError(field, f"{field}: this model ({flavour} flavour) does not implement {what}; structured "
+                                  "outputs and tool calls need an ONNX model logged by chatpack with constrained "
+                                  "decoding (see README, Structured outputs and tool calls)")
 
 
 def _as_error(exc: Exception) -> JSONResponse:
@@ -130,6 +145,7 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
             chat = parse_request(body)
             if chat.prompt is not None:
                 raise RequestError("prompt", "prompt: not a chat-completions field; send 'messages'")
+            check_structured(chat, served)
         except RequestError as exc:
             return _as_error(exc)
         if not served.admit():

@@ -13,11 +13,12 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import mlflow
 from mlflow.models import ModelSignature
 from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA, CHAT_MODEL_OUTPUT_SCHEMA
-from mlflow.types.schema import Array, ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
 from chatpack.flavours.model_config import GenerationDefaults, source_metadata
 from chatpack.flavours.onnx_chat.pyfunc_model import ONNX_ARTIFACT_KEY
 from chatpack.pins import ONNX_MODEL_PACKAGES, installed_pins
+from chatpack.protocol.reply_format import STRUCTURED_OUTPUTS_KEY
 from chatpack.protocol.request_model import ChatBody, PromptBody
 from chatpack.sources.fetch import FetchedModel
 
@@ -33,7 +34,10 @@ RUNTIME_FILES = ("chatpack/__init__.py", "chatpack/flavours/__init__.py", "chatp
 
 # Fields of MLflow's chat schema that the request models refuse by name. Declared anyway: MLflow drops undeclared
 # fields silently, declared ones reach the model, which answers 400 naming them.
-REFUSED_CHAT_COLUMNS = ("frequency_penalty", "presence_penalty", "tools", "custom_inputs")
+REFUSED_CHAT_COLUMNS = ("frequency_penalty", "presence_penalty", "custom_inputs")
+# Fields of MLflow's chat schema declared from the request model instead: MLflow's ``tools`` type allows only flat
+# parameter schemas and rejects other keys inside them, so nested parameters would never reach the model.
+OWN_COLUMNS = ("tools",)
 # Request-model fields left out of the signature (MLflow drops them before the model). stream_options: only streaming
 # reads it, which ``mlflow models serve`` does not do, and an optional object column fails MLflow's enforcement of a
 # multi-row request in which some row does not set it.
@@ -74,17 +78,19 @@ def chat_or_prompt_signature() -> ModelSignature:
     names = [n for n in chat if n in fields or n in REFUSED_CHAT_COLUMNS]
     names.insert(1, "prompt")
     names += [n for n in fields if n not in names]
-    columns = [_optional(chat[n]) if n in chat else ColSpec(mlflow_type(fields[n].annotation), n, required=False)
-               for n in names]
+    columns = [_optional(chat[n]) if n in chat and n not in OWN_COLUMNS
+               else ColSpec(mlflow_type(fields[n].annotation), n, required=False) for n in names]
     return ModelSignature(inputs=Schema(columns), outputs=CHAT_MODEL_OUTPUT_SCHEMA)
 
 
 def mlflow_type(annotation: Any) -> DataType | Array:
     """The MLflow schema type of a request-model field's annotation; ``X | None`` is ``X`` (every column is optional),
-    ``Annotated[X, ...]`` is ``X``."""
+    ``Annotated[X, ...]`` is ``X``; a JSON object (``dict``) or a choice of types is ``Any``."""
     origin, args = get_origin(annotation), [a for a in get_args(annotation) if a is not type(None)]
     if origin in (Union, UnionType) and len(args) == 1 or origin is Annotated:
         return mlflow_type(args[0])
+    if origin in (Union, UnionType, dict):
+        return AnyType()
     if origin is list:
         return Array(mlflow_type(args[0]))
     if annotation in _SCALARS:
@@ -111,6 +117,7 @@ def log_onnx_model(
         "builder_options": str(info["builder_options"]),
         # Safe to call from many threads at once: greedy requests that meet are answered in one batch.
         CONCURRENCY_KEY: "batched",
+        STRUCTURED_OUTPUTS_KEY: "response_format,tools,tool_choice,parallel_tool_calls",
     }
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="chatpack-runtime-") as staging:

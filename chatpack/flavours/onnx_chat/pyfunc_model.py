@@ -5,23 +5,32 @@ in the model's chat format); one reply per input row. ``predict`` answers chat r
 prompt rows with the generated string; ``predict_stream`` yields ``chat.completion.chunk`` dicts (prompt form: strings).
 Bad requests raise :class:`~chatpack.protocol.errors.RequestError`, an ``MlflowException`` (HTTP 400 when served) whose
 ``param`` names the field.
+
+Structured outputs and tool calls: ``response_format`` and ``tools``/``tool_choice`` become a decoding constraint
+(:mod:`chatpack.engine.guidance`), so a reply that ends with ``finish_reason`` ``stop`` parses, and a reply of tool
+calls (``finish_reason`` ``tool_calls``) names listed functions with arguments valid against their parameters.
+A constraint that cannot be compiled is a bad request naming the field it came from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import mlflow
 
 from chatpack.engine.chat_engine import ContextOverflow, OnnxChatEngine, StreamState
-from chatpack.protocol.chat_request import ChatRequest, parse_request
+from chatpack.engine.guidance import GuidanceError, blame, build
+from chatpack.engine.tool_calls import ReplyReader
+from chatpack.protocol.chat_request import ChatRequest, GenerationOptions, parse_request
 from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import chat_chunk, chat_completion, completion_id, usage
 
 ONNX_ARTIFACT_KEY = "onnx_model"
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")
+T = TypeVar("T")
 
 
 def rows_of(model_input: Any) -> list[dict[str, Any]]:
@@ -65,22 +74,27 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
             raise RequestError("n", "n: streaming supports n=1 only")
         prompt_ids = self._prompt_ids(request)
         state = StreamState(len(prompt_ids))
-        pieces = self.engine.stream(prompt_ids, request.options, state)
+        options = self._options(request)
+        pieces = self._constrained(request, lambda: self.engine.stream(prompt_ids, options, state))
         if request.prompt is not None:
             yield from pieces
             return
         cid, created = completion_id(), int(time.time())
+        reader = ReplyReader() if _calls_allowed(request) else None
         yield chat_chunk(cid, self.model_name, created, {"role": "assistant", "content": ""})
         for piece in pieces:
-            yield chat_chunk(cid, self.model_name, created, {"content": piece})
-        yield chat_chunk(cid, self.model_name, created, {}, state.finish_reason,
+            for delta in reader.feed(piece) if reader else [{"content": piece}]:
+                yield chat_chunk(cid, self.model_name, created, delta)
+        for delta in reader.close() if reader else []:
+            yield chat_chunk(cid, self.model_name, created, delta)
+        yield chat_chunk(cid, self.model_name, created, {}, _finish_reason(state.finish_reason, reader),
                          usage(state.prompt_tokens, state.completion_tokens))
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _prompt_ids(self, request: ChatRequest) -> list[int]:
         """The request's prompt tokens; a prompt that leaves no room for a reply is refused naming its field."""
         if request.messages is not None:
-            ids, field = self.engine.encode_chat(request.messages), "messages"
+            ids, field = self.engine.encode_chat(request.messages, request.reply_format), "messages"
         else:
             ids, field = self.engine.encode_text(request.prompt or ""), "prompt"
         try:
@@ -89,11 +103,42 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
             raise RequestError(field, f"{field}: {exc}; shorten the conversation") from None
         return ids
 
+    def _options(self, request: ChatRequest) -> GenerationOptions:
+        """The request's options with its decoding constraint, if it has one."""
+        return dataclasses.replace(request.options, guidance=build(request.reply_format))
+
+    def _constrained(self, request: ChatRequest, generate: Callable[[], T]) -> T:
+        """``generate()``, with a constraint that does not compile reported as a bad request naming its field."""
+        try:
+            return generate()
+        except GuidanceError as exc:
+            param, message = blame(request.reply_format, exc, self.engine.genai.check)
+            raise RequestError(param, message) from None
+
     def _answer(self, request: ChatRequest) -> Any:
-        prompt_ids = self._prompt_ids(request)
-        results = [self.engine.complete(prompt_ids, request.options) for _ in range(request.options.n)]
+        prompt_ids, options = self._prompt_ids(request), self._options(request)
+        results = [self._constrained(request, lambda: self.engine.complete(prompt_ids, options))
+                   for _ in range(request.options.n)]
         if request.prompt is not None:
             return results[0].text if request.options.n == 1 else [r.text for r in results]
-        return chat_completion(self.model_name, [(r.text, r.finish_reason) for r in results],
-                               prompt_tokens=len(prompt_ids),
+        choices: list[tuple[Any, str]] = [(r.text, r.finish_reason) for r in results]
+        if _calls_allowed(request):
+            choices = [_tool_reply(r.text, r.finish_reason) for r in results]
+        return chat_completion(self.model_name, choices, prompt_tokens=len(prompt_ids),
                                completion_tokens=sum(r.completion_tokens for r in results))
+
+
+def _calls_allowed(request: ChatRequest) -> bool:
+    return request.reply_format is not None and request.reply_format.calls_allowed
+
+
+def _tool_reply(text: str, reason: str) -> tuple[dict[str, Any], str]:
+    """(message, finish_reason) of a whole reply that may be tool calls."""
+    reader = ReplyReader()
+    reader.feed(text)
+    return reader.message(), _finish_reason(reason, reader) or reason
+
+
+def _finish_reason(reason: str | None, reader: ReplyReader | None) -> str | None:
+    """``tool_calls`` for a reply of complete calls that ended by itself; the decode step's reason otherwise."""
+    return "tool_calls" if reader is not None and reader.complete_calls and reason == "stop" else reason
