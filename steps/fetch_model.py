@@ -9,14 +9,17 @@ Inputs (MLproject params, same names as the flags):
   execution_provider  cpu | cuda
   trust_remote_code   true | false (hub models with custom modelling code)
   block_size, accuracy_level   int4/int8 quantisation settings for the builder (0 = builder default)
+  recipe              quantisation recipe: ``default`` (the builder's defaults), ``rtn_last``, ``k_quant``,
+                      ``k_quant_mixed``, ``int8``, each optionally with ``:option=value`` (block_size, accuracy_level,
+                      symmetric, shared_embeddings); combinations known to fail are refused (chatpack/build/recipes.py)
   damage              true | false: make the damage report (teacher-forced PPL, KL divergence, top-1 agreement of
                       the ONNX build against the transformers model on data/damage_corpus.jsonl)
   damage_tokens       corpus tokens the report scores (genres interleaved); 0 = the whole corpus
 
 Outputs, on the MLflow run (tag ``chatpack.step=fetch_model``):
   artifacts  ``hf_model/`` (transformers folder), ``onnx_model/`` (genai folder + ``builder.log``), ``fetch_info.json``
-  tags       ``chatpack.source_kind``, ``chatpack.revision.resolved``, ``chatpack.sha256.<weight file>``,
-             ``chatpack.builder_version``, ``chatpack.version.<library>``
+  tags       ``chatpack.source_kind``, ``chatpack.revision.resolved``, ``chatpack.recipe``,
+             ``chatpack.sha256.<weight file>``, ``chatpack.builder_version``, ``chatpack.version.<library>``
   metrics    ``hf_model_bytes``, ``onnx_model_bytes``, ``seconds_*`` per phase, ``onnx_cache_hit``, ``damage_*``
              (``damage_ppl_reference``, ``damage_ppl_onnx``, ``damage_kld_mean``, ``damage_kld_p99``,
              ``damage_top1_agreement``, ...) with the artifact ``damage_report.json``; ``log_onnx_pyfunc`` copies them
@@ -31,6 +34,7 @@ import logging
 import sys
 
 from chatpack.build.onnx_builder import ACCURACY_LEVELS, BLOCK_SIZES, EXECUTION_PROVIDERS, PRECISIONS, BuildError
+from chatpack.build.recipes import RECIPES
 from chatpack.evaluation.damage import DamageSettings, fetch_damage
 from chatpack.sources.bundled import BundledModelMissing
 from chatpack.sources.fetch import STEP, FetchOptions, fetch, log_fetch
@@ -54,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"int4/int8 block size, one of {BLOCK_SIZES}; 0 = builder default (32).")
     p.add_argument("--accuracy_level", type=int, default=d.accuracy_level,
                    help=f"int4/int8 MatMul accuracy level, one of {ACCURACY_LEVELS}; 0 = builder default.")
+    p.add_argument("--recipe", default=d.recipe,
+                   help=f"Quantisation recipe: one of {', '.join(RECIPES)}, optionally with :option=value pairs "
+                        "(block_size, accuracy_level, symmetric, shared_embeddings).")
     p.add_argument("--damage", type=common.str2bool, default=True,
                    help="Make the damage report of the ONNX build against the transformers model (true/false).")
     p.add_argument("--damage_tokens", type=int, default=DamageSettings().tokens,
@@ -64,13 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _run(args: argparse.Namespace) -> None:
     options = FetchOptions(args.model, args.revision, args.precision, args.execution_provider,
-                           args.trust_remote_code, args.block_size, args.accuracy_level)
+                           args.trust_remote_code, args.block_size, args.accuracy_level, args.recipe)
     options.check()  # fail on bad flags before a run is created
     damage = DamageSettings(tokens=args.damage_tokens)
     damage.check()
     params = {k: getattr(args, k) for k in ("model", "revision", "precision", "execution_provider",
-                                            "trust_remote_code", "block_size", "accuracy_level", "damage",
-                                            "damage_tokens")}
+                                            "trust_remote_code", "block_size", "accuracy_level", "recipe",
+                                            "damage", "damage_tokens")}
     params["trust_remote_code"] = str(args.trust_remote_code).lower()
     params["damage"] = str(args.damage).lower()
     with step_run(STEP, params) as run:
@@ -79,8 +86,9 @@ def _run(args: argparse.Namespace) -> None:
             result.info["damage"] = fetch_damage(result.info, result.hf_dir, result.onnx_dir, damage)
         log_fetch(result)
         info = result.info
-        logger.info("fetch run %s: %s @ %s, hf_model %.1f MB, onnx_model %.1f MB, cache %s", run.info.run_id,
-                    info["source"], info["revision_resolved"], info["hf_model_bytes"] / 1e6,
+        logger.info("fetch run %s: %s @ %s, recipe %s, hf_model %.1f MB, onnx_model %.1f MB, cache %s",
+                    run.info.run_id, info["source"], info["revision_resolved"], info["recipe"],
+                    info["hf_model_bytes"] / 1e6,
                     info["onnx_model_bytes"] / 1e6, "hit" if info["onnx_cache_hit"] else "miss")
 
 

@@ -3,8 +3,8 @@
 Inputs (MLproject params, same names as the flags): ``model``, ``revision``, ``precision``, ``execution_provider``,
 ``block_size``, ``accuracy_level`` (as in ``fetch_model``), ``registered_model_name`` (``auto`` = derived from the
 model, e.g. ``Phi-3-mini-4k-instruct-chat``; empty = no registry), ``eval_data``, ``max_new_tokens``,
-``quality_tolerance`` (as in ``evaluate``), ``damage``/``damage_tokens`` (as in ``fetch_model``) and ``force``
-(true = rerun every step).
+``quality_tolerance`` (as in ``evaluate``), ``recipes`` (fetch_model's ``recipe``), ``damage``/``damage_tokens``
+(as in ``fetch_model``) and ``force`` (true = rerun every step).
 
 Each step runs through ``mlflow.run(..., env_manager="local")`` as a child run of this one, passing only run ids. A
 step is skipped, and its earlier run reused, when a FINISHED run exists with the same entry point, the same
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quality_tolerance", type=float, default=d.quality_tolerance,
                    help="Max quality deficit (0-1) the faster flavour may have and still win.")
     p.add_argument("--force", type=common.str2bool, default=False, help="true: rerun every step, reuse nothing.")
+    p.add_argument("--recipes", default=d.recipes,
+                   help="Quantisation recipe for the ONNX build (as fetch_model's recipe).")
     p.add_argument("--damage", type=common.str2bool, default=d.damage,
                    help="Damage report of each ONNX build against the transformers model (true/false).")
     p.add_argument("--damage_tokens", type=int, default=d.damage_tokens,
@@ -56,7 +58,7 @@ def _run(args: argparse.Namespace) -> None:
     options = PipelineOptions(args.model, args.revision, args.precision, args.execution_provider, args.block_size,
                               args.accuracy_level, args.registered_model_name, args.eval_data,
                               args.max_new_tokens, args.quality_tolerance, args.force, args.damage,
-                              args.damage_tokens)
+                              args.damage_tokens, args.recipes)
     params = {k: v for k, v in vars(args).items() if k != "verbose"}
     params["force"] = str(args.force).lower()
     params["damage"] = str(args.damage).lower()

@@ -46,18 +46,6 @@ def check_build_options(precision: str, execution_provider: str, block_size: int
         raise ValueError(f"block_size/accuracy_level: only apply to int4/int8, not precision={precision}")
 
 
-def extra_options(block_size: int, accuracy_level: int, trust_remote_code: bool) -> dict[str, str]:
-    """The builder's ``--extra_options`` for these settings (0 leaves the builder's default)."""
-    options: dict[str, str] = {}
-    if block_size:
-        options["block_size"] = str(block_size)
-    if accuracy_level:
-        options["accuracy_level"] = str(accuracy_level)
-    if trust_remote_code:
-        options["hf_remote"] = "true"
-    return options
-
-
 def build_onnx(
     hf_dir: Path,
     out_dir: Path,

@@ -13,6 +13,7 @@ from typing import Any
 
 import mlflow
 
+from chatpack.build.recipes import Recipe, parse_recipes
 from chatpack.evaluation.data import DEFAULT_EVAL_DATA
 from chatpack.evaluation.evaluate import EVAL_DATA_TAG
 from chatpack.pipeline.reuse import find_reusable_run
@@ -39,6 +40,7 @@ class PipelineOptions:
     force: bool = False
     damage: bool = True
     damage_tokens: int = 4096
+    recipes: str = "default"
 
 
 def registry_name(model: str, requested: str) -> str:
@@ -47,6 +49,14 @@ def registry_name(model: str, requested: str) -> str:
         return requested
     base = model.rstrip("/").split("/")[-1].split(":")[-1]
     return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") + "-chat"
+
+
+def fetch_params(options: PipelineOptions, recipe: Recipe) -> dict[str, Any]:
+    """fetch_model's parameters for one recipe; the recipe's label carries block size and accuracy level, so each
+    recipe has one parameter set (and one reusable run)."""
+    return {"model": options.model, "revision": options.revision, "precision": recipe.precision,
+            "execution_provider": options.execution_provider, "recipe": recipe.label,
+            "damage": str(options.damage).lower(), "damage_tokens": options.damage_tokens}
 
 
 def run_or_reuse(entry_point: str, params: dict[str, Any], options: PipelineOptions, experiment_id: str, version: str,
@@ -73,14 +83,14 @@ def run_pipeline(options: PipelineOptions) -> dict[str, str]:
     eval_path = Path(options.eval_data) if options.eval_data else DEFAULT_EVAL_DATA
     if not eval_path.is_file():
         raise ValueError(f"eval_data: {eval_path} does not exist")
+    recipes = parse_recipes(options.recipes, options.precision, options.block_size, options.accuracy_level)
+    if len(recipes) > 1:
+        raise ValueError(f"recipes: one recipe per run, got {len(recipes)}")
     version = code_version()  # what the steps about to run will record; compared with finished runs' tags
     reused: dict[str, str] = {}
     runs: dict[str, str] = {}
-    runs["fetch_model"] = run_or_reuse("fetch_model", {
-        "model": options.model, "revision": options.revision, "precision": options.precision,
-        "execution_provider": options.execution_provider, "block_size": options.block_size,
-        "accuracy_level": options.accuracy_level, "damage": str(options.damage).lower(),
-        "damage_tokens": options.damage_tokens}, options, experiment_id, version, reused)
+    runs["fetch_model"] = run_or_reuse("fetch_model", fetch_params(options, recipes[0]), options, experiment_id,
+                                       version, reused)
     runs["log_transformers"] = run_or_reuse("log_transformers", {"fetch_run_id": runs["fetch_model"]}, options,
                                         experiment_id, version, reused)
     runs["log_onnx_pyfunc"] = run_or_reuse("log_onnx_pyfunc", {"fetch_run_id": runs["fetch_model"]}, options,

@@ -19,6 +19,7 @@ from typing import Any
 import mlflow
 
 from chatpack.build import onnx_builder as onnx_build
+from chatpack.build.recipes import Recipe, parse_recipe
 from chatpack.sources.cache import atomic_dir, cache_key, cache_root, dir_bytes, is_complete, write_json_atomic
 from chatpack.sources.resolve import Materialized, materialize, parse_source, sha256_file, weight_files
 from chatpack.tracking import TAG_PREFIX, finished_run, local_artifact_dir
@@ -42,12 +43,18 @@ class FetchOptions:
     trust_remote_code: bool = False
     block_size: int = 0  # 0 = the builder's default
     accuracy_level: int = 0  # 0 = the builder's default
+    recipe: str = "default"  # a recipe spec (chatpack.build.recipes)
 
     def check(self) -> None:
         onnx_build.check_build_options(self.precision, self.execution_provider, self.block_size, self.accuracy_level)
+        self.resolved_recipe()
         source = parse_source(self.model, self.revision)
         if source.kind != "hub" and self.revision not in ("", "main"):
             raise ValueError(f"revision: only applies to hub models; '{self.model}' is a {source.kind} source")
+
+    def resolved_recipe(self) -> Recipe:
+        """The checked recipe, with the precision/block_size/accuracy_level parameters folded in."""
+        return parse_recipe(self.recipe, self.precision, self.block_size, self.accuracy_level)
 
 
 @dataclass
@@ -83,12 +90,13 @@ def fetch(options: FetchOptions) -> FetchResult:
     weights = {p.name: _cached_sha256(p) for p in weight_files(material.hf_dir)}
     timings["seconds_hash"] = time.perf_counter() - start
 
-    extra = onnx_build.extra_options(options.block_size, options.accuracy_level, options.trust_remote_code)
+    recipe = options.resolved_recipe()
+    extra = recipe.extra_options(options.trust_remote_code)
     key = {
         "source": [material.source.kind, material.source.name],
         "revision": material.resolved_revision,
         "weights": weights,
-        "precision": options.precision,
+        "precision": recipe.precision,
         "execution_provider": options.execution_provider,
         "builder": onnx_build.builder_version(),
         "extra_options": extra,
@@ -100,11 +108,11 @@ def fetch(options: FetchOptions) -> FetchResult:
         logger.info("ONNX cache hit: %s", entry)
     else:
         with atomic_dir(entry) as tmp:
-            onnx_build.build_onnx(material.hf_dir, tmp, options.precision, options.execution_provider,
+            onnx_build.build_onnx(material.hf_dir, tmp, recipe.precision, options.execution_provider,
                                   cache_root() / "builder", extra)
     timings["seconds_build"] = time.perf_counter() - start
 
-    info = _info(options, material, weights, extra, cache_hit, timings)
+    info = _info(options, recipe, material, weights, extra, cache_hit, timings)
     info["hf_model_bytes"] = dir_bytes(material.hf_dir)
     info["onnx_model_bytes"] = dir_bytes(entry)
     return FetchResult(material.hf_dir, entry, info)
@@ -119,6 +127,7 @@ def log_fetch(result: FetchResult) -> None:
         TAG_PREFIX + "revision.requested": info["revision_requested"],
         TAG_PREFIX + "revision.resolved": info["revision_resolved"],
         TAG_PREFIX + "precision": info["precision"],
+        TAG_PREFIX + "recipe": info["recipe"],
         TAG_PREFIX + "execution_provider": info["execution_provider"],
         TAG_PREFIX + "trust_remote_code": str(info["trust_remote_code"]).lower(),
         TAG_PREFIX + "builder_version": info["versions"]["onnxruntime-genai"],
@@ -161,8 +170,8 @@ def fetched_model(fetch_run_id: str, param: str = "fetch_run_id") -> FetchedMode
     return FetchedModel(fetch_run_id, root / HF_ARTIFACT, root / ONNX_ARTIFACT, info)
 
 
-def _info(options: FetchOptions, material: Materialized, weights: dict[str, str], extra: dict[str, str],
-          cache_hit: bool, timings: dict[str, float]) -> dict[str, Any]:
+def _info(options: FetchOptions, recipe: Recipe, material: Materialized, weights: dict[str, str],
+          extra: dict[str, str], cache_hit: bool, timings: dict[str, float]) -> dict[str, Any]:
     source = material.source
     return {
         "options": asdict(options),
@@ -170,7 +179,8 @@ def _info(options: FetchOptions, material: Materialized, weights: dict[str, str]
         "source": options.model if source.kind != "local" else source.name,
         "revision_requested": source.revision,
         "revision_resolved": material.resolved_revision,
-        "precision": options.precision,
+        "precision": recipe.precision,
+        "recipe": recipe.label,
         "execution_provider": options.execution_provider,
         "trust_remote_code": options.trust_remote_code,
         "builder_options": extra,
