@@ -3,14 +3,16 @@
 Inputs (MLproject params, same names as the flags):
   transformers_model_uri / transformers_run_id   the transformers model, or the log_transformers run that logged it
   onnx_model_uri / onnx_run_id                   the ONNX pyfunc, or the log_onnx_pyfunc run that logged it
-  eval_data              JSONL eval set (default: data/eval_prompts.jsonl; format in chatpack/eval_data.py)
-  max_new_tokens         reply budget per prompt (greedy decoding)
-  registered_model_name  register both models and set aliases ``champion``/``challenger`` (empty = no registry)
-  quality_tolerance      how much lower (0-1 quality score) the faster flavour may score and still win
+  eval_data              JSONL eval set (default: data/eval_prompts.jsonl; format in chatpack/evaluation/data.py)
+  max_new_tokens         reply budget per prompt (greedy decoding; a row's own max_tokens may lower it)
+  registered_model_name  register champion and challenger and set those aliases (empty = no registry)
+  quality_tolerance      non-inferiority margin: the ONNX model qualifies when the upper end of the 95% paired-bootstrap
+                         interval of (transformers quality - ONNX quality) is at most this (0-1)
 
 Outputs, on the MLflow run (tag ``chatpack.step=evaluate``):
   nested runs ``evaluate-transformers`` / ``evaluate-onnx`` with ``mlflow.models.evaluate`` metrics linked to each
-  model; metrics ``<flavour>_<metric>``, ``agreement_identical``, ``agreement_rouge_l``, ``onnx_speedup``; artifacts
+  model; metrics ``<flavour>_<metric>`` (quality with ``_ci_low``/``_ci_high``), ``agreement_identical``,
+  ``agreement_rouge_l``, ``onnx_speedup``, ``onnx_quality_gap`` (with its interval), ``onnx_non_inferior``; artifacts
   ``eval_rows.json`` (per-prompt table), ``comparison.png``, ``eval_report.md``, ``eval_summary.json``; tags
   ``chatpack.champion``, ``chatpack.champion_uri``, ``chatpack.champion_reason``, ``chatpack.eval_data_sha256``.
 """

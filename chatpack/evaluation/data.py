@@ -5,7 +5,8 @@
 
 ``id`` (unique), ``messages`` (an OpenAI chat conversation) and ``reference`` (the expected answer) are required;
 ``category`` (free text; ``instruction`` rows are scored by their rules, ``rewrite``/``summarise`` rows by ROUGE-L,
-others by whether the reply contains the reference) and ``rules`` (see :mod:`chatpack.evaluation.rules`) are optional.
+others by whether the reply contains the reference), ``rules`` (see :mod:`chatpack.evaluation.rules`) and
+``max_tokens`` (this row's reply budget, capped by the evaluation's ``max_new_tokens``) are optional.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class EvalRow:
     messages: list[dict[str, str]]
     reference: str
     rules: list[dict[str, Any]] = field(default_factory=list)
+    max_tokens: int | None = None
+
+    def budget(self, max_new_tokens: int) -> int:
+        """This row's reply budget: its own ``max_tokens``, capped by the evaluation's ``max_new_tokens``."""
+        return min(self.max_tokens, max_new_tokens) if self.max_tokens else max_new_tokens
 
 
 def load_eval_rows(path: str | Path) -> list[EvalRow]:
@@ -57,8 +63,12 @@ def load_eval_rows(path: str | Path) -> list[EvalRow]:
         for rule in rules:
             if rule.get("type") not in RULES:
                 raise ValueError(f"{where}: unknown rule type '{rule.get('type')}'; known: {', '.join(RULES)}")
+        max_tokens = obj.get("max_tokens")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
+                                       or max_tokens < 1):
+            raise ValueError(f"{where}: max_tokens must be a positive integer, got {max_tokens!r}")
         rows.append(EvalRow(str(obj["id"]), str(obj.get("category", "general")), messages, str(obj["reference"]),
-                            rules))
+                            rules, max_tokens))
     if not rows:
         raise ValueError(f"eval_data: {path} has no rows")
     return rows

@@ -1,7 +1,8 @@
-"""The ``evaluate`` step's logic: both flavours on the same prompts; quality, speed and size side by side.
+"""The ``evaluate`` step's logic: the reference (the transformers flavour) and one or more ONNX models on the same
+prompts; quality with 95% bootstrap intervals, speed and size side by side; the champion by non-inferiority.
 
 Quality metrics go through ``mlflow.models.evaluate`` (static predictions, custom metrics), one nested run per
-flavour linked to its LoggedModel (``model_id``); the evaluate run itself holds the comparison.
+model linked to its LoggedModel (``model_id``); the evaluate run itself holds the comparison.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from mlflow.models import make_metric
 
 from chatpack.evaluation import champion, quality, report
 from chatpack.evaluation.data import EvalRow
+from chatpack.evaluation.intervals import mean_interval
 from chatpack.evaluation.runner import FlavourRun, run_flavour
 from chatpack.tracking import MODEL_URI_TAG, StepInputError
 
 logger = logging.getLogger(__name__)
 
 FLAVOURS = ("transformers", "onnx")
+REFERENCE = "transformers"
 EVAL_DATA_TAG = "chatpack.eval_data_sha256"
 QUALITY_METRICS = ("row_score", "exact_match", "contains_reference", "rouge_l", "rule_pass")
 
@@ -38,16 +41,21 @@ class FlavourEval:
     quality: dict[str, float] = field(default_factory=dict)
     speed: dict[str, float] = field(default_factory=dict)
     size_bytes: int = 0
-    row_scores: pd.DataFrame | None = None
+    scores: list[float] = field(default_factory=list)  # row_score per prompt, in eval-set order
 
     @property
     def replies(self) -> list[str]:
         return [r.reply for r in self.run.rows]
 
     def summary(self) -> dict[str, float]:
-        return {"quality_score": self.quality["row_score"], **{k: v for k, v in self.quality.items()
-                                                                if k != "row_score"},
+        ci = mean_interval(self.scores)
+        return {"quality_score": self.quality["row_score"], "quality_score_ci_low": ci.low,
+                "quality_score_ci_high": ci.high, **{k: v for k, v in self.quality.items() if k != "row_score"},
                 **self.speed, "model_size_mb": self.size_bytes / 1e6}
+
+    def contender(self) -> champion.Contender:
+        return champion.Contender(self.name, self.model_uri, self.quality["row_score"], self.speed["tokens_per_s"],
+                                  tuple(self.scores))
 
 
 def _aggregate(scores: list[float | None]) -> MetricValue:
@@ -94,8 +102,8 @@ def model_size_bytes(model_uri: str) -> int:
     return int(mlflow.models.Model.load(model_uri).model_size_bytes or 0)
 
 
-def run_both(model_uris: dict[str, str], rows: list[EvalRow], max_new_tokens: int) -> dict[str, FlavourEval]:
-    """Generate with each flavour (one fresh process each, one after the other)."""
+def run_all(model_uris: dict[str, str], rows: list[EvalRow], max_new_tokens: int) -> dict[str, FlavourEval]:
+    """Generate with each model (one fresh process each, one after the other)."""
     return {name: FlavourEval(name, uri, run_flavour(uri, rows, max_new_tokens, name))
             for name, uri in model_uris.items()}
 
@@ -110,26 +118,29 @@ def score_flavour(result: FlavourEval, rows: list[EvalRow]) -> None:
                                             targets="reference", extra_metrics=_metrics(), evaluators="default",
                                             model_id=model_id)
         result.quality = {name: float(evaluation.metrics[f"{name}/mean"]) for name in QUALITY_METRICS}
-        result.row_scores = evaluation.tables["eval_results_table"]
+        result.scores = [float(x) for x in evaluation.tables["eval_results_table"]["row_score/score"]]
         result.speed = result.run.speed()
         result.size_bytes = model_size_bytes(result.model_uri)
-        mlflow.log_metrics({**result.speed, "model_size_mb": result.size_bytes / 1e6}, model_id=model_id)
+        ci = mean_interval(result.scores)
+        mlflow.log_metrics({**result.speed, "model_size_mb": result.size_bytes / 1e6, "quality_score": ci.value,
+                            "quality_score_ci_low": ci.low, "quality_score_ci_high": ci.high}, model_id=model_id)
 
 
 def comparison_table(results: dict[str, FlavourEval], rows: list[EvalRow]) -> pd.DataFrame:
-    """One row per prompt with both replies and their scores side by side."""
+    """One row per prompt with every model's reply and score side by side."""
     table = pd.DataFrame({"id": [r.id for r in rows], "category": [r.category for r in rows],
                           "prompt": [r.messages[-1]["content"] for r in rows],
                           "reference": [r.reference for r in rows]})
     for name, result in results.items():
         table[f"{name}_reply"] = result.replies
-        table[f"{name}_row_score"] = list(result.row_scores["row_score/score"])
+        table[f"{name}_row_score"] = result.scores
         table[f"{name}_latency_s"] = [r.latency_s for r in result.run.rows]
         table[f"{name}_completion_tokens"] = [r.completion_tokens for r in result.run.rows]
-    names = list(results)
-    if len(names) == 2:
-        a, b = (results[n].replies for n in names)
-        table["identical"] = [quality.normalize(x) == quality.normalize(y) for x, y in zip(a, b)]
+    reference = results[REFERENCE].replies
+    for name, result in results.items():
+        if name != REFERENCE:
+            column = "identical" if len(results) == 2 else f"{name}_identical"
+            table[column] = [quality.normalize(x) == quality.normalize(y) for x, y in zip(reference, result.replies)]
     return table
 
 
@@ -149,32 +160,42 @@ def resolve_model_uri(uri: str, run_id: str, param: str) -> str:
 
 def evaluate_and_log(model_uris: dict[str, str], rows: list[EvalRow], eval_data: str, max_new_tokens: int,
                      quality_tolerance: float, registered_model_name: str) -> dict[str, Any]:
-    """Run, score, compare, crown and log everything to the active run; return the summary."""
-    results = run_both(model_uris, rows, max_new_tokens)
+    """Run, score, compare, crown and log everything to the active run; return the summary. ``model_uris`` maps a
+    name to a model: :data:`REFERENCE` is the reference, every other entry a candidate."""
+    results = run_all(model_uris, rows, max_new_tokens)
     for result in results.values():
         score_flavour(result, rows)
     summaries = {name: r.summary() for name, r in results.items()}
-    agree = quality.agreement(results["transformers"].replies, results["onnx"].replies)
-    contenders = [champion.Contender(name, r.model_uri, summaries[name]["quality_score"],
-                                     summaries[name]["tokens_per_s"]) for name, r in results.items()]
-    decision = champion.choose_champion(*contenders, quality_tolerance=quality_tolerance)
+    candidates = [r.contender() for name, r in results.items() if name != REFERENCE]
+    decision = champion.choose_champion(results[REFERENCE].contender(), candidates, quality_tolerance)
     aliases = champion.register_and_alias(decision, registered_model_name) if registered_model_name else {}
+    agreements = {c.name: quality.agreement(results[REFERENCE].replies, results[c.name].replies) for c in candidates}
+    focus = decision.champion if decision.champion.name != REFERENCE else decision.challenger  # the ONNX in view
 
-    mlflow.log_metrics({f"{name}_{key}": value for name, s in summaries.items() for key, value in s.items()})
-    mlflow.log_metrics(agree)
-    mlflow.log_metric("onnx_speedup", summaries["onnx"]["tokens_per_s"] / summaries["transformers"]["tokens_per_s"])
+    metrics = {f"{name}_{key}": value for name, s in summaries.items() for key, value in s.items()}
+    for name, verdict in decision.verdicts.items():
+        metrics.update({f"{name}_quality_gap": verdict.gap.value, f"{name}_quality_gap_ci_low": verdict.gap.low,
+                        f"{name}_quality_gap_ci_high": verdict.gap.high, f"{name}_speedup": verdict.speedup,
+                        f"{name}_non_inferior": float(verdict.non_inferior)})
+        metrics.update({f"{name}_{key}": value for key, value in agreements[name].items()})
+    metrics.update(agreements[focus.name])
+    mlflow.log_metrics(metrics)
     mlflow.set_tags({"chatpack.champion": decision.champion.name, "chatpack.champion_uri": decision.champion.model_uri,
                      "chatpack.champion_reason": decision.reason})
     mlflow.log_table(comparison_table(results, rows), "eval_rows.json")
-    markdown = report.report_markdown(summaries, agree, decision, aliases, registered_model_name, len(rows), eval_data)
-    summary = {"summaries": summaries, "agreement": agree, "champion": decision.champion.name,
-               "champion_uri": decision.champion.model_uri, "reason": decision.reason, "aliases": aliases}
+    markdown = report.report_markdown(summaries, agreements, decision, aliases, registered_model_name, len(rows),
+                                      eval_data, quality_tolerance)
+    summary = {"summaries": summaries, "agreement": agreements[focus.name], "agreements": agreements,
+               "champion": decision.champion.name, "champion_uri": decision.champion.model_uri,
+               "reason": decision.reason, "aliases": aliases,
+               "verdicts": {n: {"gap": v.gap.value, "gap_ci": [v.gap.low, v.gap.high], "speedup": v.speedup,
+                                "non_inferior": v.non_inferior} for n, v in decision.verdicts.items()}}
     with tempfile.TemporaryDirectory() as tmp:
         plot = Path(tmp) / "comparison.png"
         report.comparison_plot(summaries, plot)
         mlflow.log_artifact(str(plot))
     mlflow.log_text(markdown, "eval_report.md")
     mlflow.log_dict(summary, "eval_summary.json")
-    print(report.summary_markdown(summaries))
-    print(f"\nchampion: {decision.champion.name} ({decision.reason})")
+    logger.info("\n%s\nchampion: %s (%s)", report.summary_markdown(summaries), decision.champion.name,
+                decision.reason)
     return summary

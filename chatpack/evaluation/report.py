@@ -1,4 +1,5 @@
-"""The evaluation's human-facing outputs: a summary table, a comparison plot (PNG) and a markdown report."""
+"""The evaluation's human-facing outputs: a summary table, a comparison plot (PNG) and a markdown report. Quality
+scores are shown with their 95% bootstrap intervals."""
 
 from __future__ import annotations
 
@@ -23,12 +24,18 @@ SUMMARY_ROWS = [
 ]
 
 
+def _cell(summary: dict[str, float], key: str, fmt: str) -> str:
+    text = format(summary.get(key, float("nan")), fmt)
+    if f"{key}_ci_low" in summary:
+        text += f" [{summary[key + '_ci_low']:{fmt}}, {summary[key + '_ci_high']:{fmt}}]"
+    return text
+
+
 def summary_markdown(summaries: dict[str, dict[str, float]]) -> str:
     names = list(summaries)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key, label, fmt in SUMMARY_ROWS:
-        lines.append(f"| {label} | " + " | ".join(format(summaries[n].get(key, float('nan')), fmt) for n in names)
-                     + " |")
+        lines.append(f"| {label} | " + " | ".join(_cell(summaries[n], key, fmt) for n in names) + " |")
     return "\n".join(lines)
 
 
@@ -39,38 +46,51 @@ def comparison_plot(summaries: dict[str, dict[str, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(summaries)
-    panels = [("quality_score", "quality score"), ("tokens_per_s", "generated tokens/s"),
+    panels = [("quality_score", "quality score (95% CI)"), ("tokens_per_s", "generated tokens/s"),
               ("latency_p50_s", "latency p50 (s)"), ("model_size_mb", "model size (MB)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4, 1.2 * len(names)) * len(panels), 3.8))
+    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(names))]
     for ax, (key, title) in zip(axes, panels):
         values = [summaries[n][key] for n in names]
-        bars = ax.bar(names, values, color=["#4C72B0", "#DD8452"][: len(names)])
+        errors = None
+        if f"{key}_ci_low" in summaries[names[0]]:
+            errors = [[v - summaries[n][f"{key}_ci_low"] for n, v in zip(names, values)],
+                      [summaries[n][f"{key}_ci_high"] - v for n, v in zip(names, values)]]
+        bars = ax.bar(names, values, color=colours, yerr=errors, capsize=4)
         ax.bar_label(bars, fmt="%.3g")
         ax.set_title(title)
-    fig.suptitle("transformers vs onnxruntime-genai on the same prompts")
+        ax.tick_params(axis="x", labelrotation=30 if len(names) > 2 else 0)
+    fig.suptitle("the transformers reference and the ONNX models on the same prompts")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def report_markdown(summaries: dict[str, dict[str, float]], agreement: dict[str, float], decision: Any,
-                    aliases: dict[str, str], registered_model_name: str, n_rows: int, eval_data: str) -> str:
+def report_markdown(summaries: dict[str, dict[str, float]], agreements: dict[str, dict[str, float]], decision: Any,
+                    aliases: dict[str, str], registered_model_name: str, n_rows: int, eval_data: str,
+                    quality_tolerance: float) -> str:
     lines = [
-        "# Flavour comparison",
+        "# Model comparison",
         "",
-        f"{n_rows} prompts from `{eval_data}`, greedy decoding, each flavour in its own process.",
+        f"{n_rows} prompts from `{eval_data}`, greedy decoding, each model in its own process. Quality scores with "
+        "their 95% bootstrap intervals.",
         "",
         summary_markdown(summaries),
         "",
-        "## Agreement between the flavours (what the ONNX form costs in quality)",
+        "## Non-inferiority to the reference (what each ONNX model costs in quality)",
         "",
-        f"- identical replies: {agreement['agreement_identical']:.1%}",
-        f"- mean ROUGE-L between the two replies: {agreement['agreement_rouge_l']:.3f}",
+        f"Gap = reference quality - candidate quality on the same prompts, 95% paired-bootstrap interval; a candidate "
+        f"is non-inferior when the interval's upper end is <= the tolerance {quality_tolerance:g}.",
         "",
-        "## Champion",
-        "",
-        f"**{decision.champion.name}** (`{decision.champion.model_uri}`): {decision.reason}.",
+        "| model | quality gap [95% CI] | non-inferior | speed vs reference | identical replies | ROUGE-L vs ref. |",
+        "|---|---|---|---|---|---|",
     ]
+    for name, v in decision.verdicts.items():
+        agree = agreements[name]
+        lines.append(f"| {name} | {v.gap.text()} | {'yes' if v.non_inferior else 'no'} | {v.speedup:.2f}x | "
+                     f"{agree['agreement_identical']:.1%} | {agree['agreement_rouge_l']:.3f} |")
+    lines += ["", "## Champion", "",
+              f"**{decision.champion.name}** (`{decision.champion.model_uri}`): {decision.reason}."]
     if aliases:
         lines += ["", f"Registered as `{registered_model_name}`: `@champion` = version {aliases['champion']}, "
                       f"`@challenger` = version {aliases['challenger']}. Load it with "
