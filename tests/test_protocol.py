@@ -117,8 +117,9 @@ BAD = [
      "messages", r"messages\[0\]\.content: expected a string, got a list"),
     ("missing content in a later turn", {"messages": [*M, {"role": "assistant"}]}, "messages",
      r"messages\[1\]\.content: required \(a string\)"),
-    ("unknown message field", {"messages": [{"role": "user", "content": "x", "audio": {}}]}, "messages",
-     r"messages\[0\]\.audio: unsupported field \(supported: content, name, role, tool_call_id, tool_calls\)"),
+    ("unknown message field", {"messages": [{"role": "user", "content": "x", "mood": "calm"}]}, "messages",
+     r"messages\[0\]\.mood: unsupported field \(supported: annotations, content, name, parsed, refusal, role, "
+     r"tool_call_id, tool_calls\)"),
     ("max_tokens 0", {"messages": M, "max_tokens": 0}, "max_tokens", r"max_tokens: must be >= 1, got 0"),
     ("max_tokens negative", {"messages": M, "max_tokens": -3}, "max_tokens", r"max_tokens: must be >= 1, got -3"),
     ("max_tokens a word", {"messages": M, "max_tokens": "ten"}, "max_tokens",

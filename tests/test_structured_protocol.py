@@ -63,6 +63,14 @@ def test_a_tool_round_trip_conversation_parses_with_its_tool_fields():
     assert demanded_field(None, request.messages) == "messages" and demanded_field(None, M) is None
 
 
+def test_a_reply_message_sent_back_as_openai_clients_do_is_accepted_and_its_extras_ignored():
+    echoed = {"role": "assistant", "content": None, "refusal": None, "annotations": [], "audio": None,
+              "function_call": None, "parsed": {"city": "Paris"},
+              "tool_calls": [{**CALL, "function": {**CALL["function"], "parsed_arguments": {"city": "Paris"}}}]}
+    request = parse_request({"messages": [*M, echoed, ROUND_TRIP[2]], "tools": TOOLS})
+    assert request.messages[1] == {"role": "assistant", "content": None, "tool_calls": [CALL]}
+
+
 # -- refused bodies --------------------------------------------------------------------------------------------------
 
 def _tool(**function) -> list[dict]:

@@ -20,6 +20,7 @@ from chatpack.protocol.request_model import ChatBody, ChatMessage, PromptBody, p
 from chatpack.protocol.validation_text import explain
 
 __all__ = ["ChatRequest", "GenerationOptions", "RequestError", "parse_request", "validate_body"]
+_ECHOED = {"function": {"parsed_arguments"}}  # what openai's parse() adds to a call: not part of the conversation
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def conversation(turns: list[ChatMessage]) -> list[dict[str, Any]]:
     for i, m in enumerate(turns):
         message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.content}
         if m.tool_calls:
-            message["tool_calls"] = [call.model_dump() for call in m.tool_calls]
+            message["tool_calls"] = [call.model_dump(exclude=_ECHOED) for call in m.tool_calls]
             call_ids.update(call.id for call in m.tool_calls)
         if m.tool_call_id is not None:
             if m.tool_call_id not in call_ids:

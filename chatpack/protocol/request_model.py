@@ -60,6 +60,7 @@ class _Strict(_Normalised):
 class ToolCallFunction(_Strict):
     name: NonEmptyStr
     arguments: str  # JSON text, as the model produced it
+    parsed_arguments: Any = None  # what openai's parse() adds when its message is sent back: ignored
 
 
 class MessageToolCall(_Strict):
@@ -80,6 +81,10 @@ class ChatMessage(_Strict):
     name: str | None = None
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
+    # What a reply message carries when a client sends it back as a turn (openai's message objects): ignored.
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    parsed: Any = None
 
     @model_validator(mode="after")
     def _turn_shape(self) -> Any:
