@@ -10,7 +10,8 @@ Inputs (MLproject params, same names as the flags):
                          interval of (transformers quality - ONNX quality) is at most this (0-1)
 
 Outputs, on the MLflow run (tag ``chatpack.step=evaluate``):
-  nested runs ``evaluate-transformers`` / ``evaluate-onnx`` with ``mlflow.models.evaluate`` metrics linked to each
+  nested runs ``evaluate-transformers`` / ``evaluate-onnx`` with ``mlflow.genai.evaluate`` results (code scorers,
+  one trace per prompt) linked to each
   model; metrics ``<flavour>_<metric>`` (quality with ``_ci_low``/``_ci_high``), ``agreement_identical``,
   ``agreement_rouge_l``, ``onnx_speedup``, ``onnx_quality_gap`` (with its interval), ``onnx_non_inferior``; artifacts
   ``eval_rows.json`` (per-prompt table), ``comparison.png``, ``eval_report.md``, ``eval_summary.json``; tags

@@ -106,13 +106,21 @@ def test_evaluate_logs_metrics_table_plot_report_and_sets_aliases(evaluate_run, 
     assert reply[0]["usage"]["completion_tokens"] == 2
 
 
-def test_per_flavour_quality_runs_are_linked_to_their_models(evaluate_run):
+def test_per_flavour_quality_runs_are_linked_to_their_models(evaluate_run, eval_subset):
+    """mlflow.genai.evaluate with code scorers: metrics on each LoggedModel, one trace per prompt with its scores."""
     children = mlflow.search_runs(filter_string=f"tags.`mlflow.parentRunId` = '{evaluate_run}'", output_format="list")
     assert sorted(r.data.tags["chatpack.flavour"] for r in children) == ["onnx", "transformers"]
+    n_rows = len(load_eval_rows(eval_subset))
     for child in children:
         model_id = child.data.tags["chatpack.model_uri"].removeprefix("models:/")
-        linked = mlflow.get_logged_model(model_id).metrics or []
-        assert {"row_score/mean", "rouge_l/mean", "tokens_per_s"} <= {m.key for m in linked}
+        linked = {m.key: m.value for m in mlflow.get_logged_model(model_id).metrics or []}
+        assert {"row_score/mean", "rouge_l/mean", "exact_match/mean", "tokens_per_s", "quality_score",
+                "quality_score_ci_low"} <= set(linked)
+        assert linked["row_score/mean"] == pytest.approx(linked["quality_score"])
+        traces = mlflow.search_traces(run_id=child.info.run_id, return_type="list")
+        assert len(traces) == n_rows
+        scored = {a.name for a in traces[0].info.assessments}
+        assert {"row_score", "contains_reference", "reference"} <= scored
 
 
 def _fake_step_run(entry_point: str, params: dict, version: str) -> str:

@@ -1,13 +1,13 @@
 """The ``evaluate`` step's logic: the reference (the transformers flavour) and one or more ONNX models on the same
 prompts; quality with 95% bootstrap intervals, speed and size side by side; the champion by non-inferiority.
 
-Quality metrics go through ``mlflow.models.evaluate`` (static predictions, custom metrics), one nested run per
-model linked to its LoggedModel (``model_id``); the evaluate run itself holds the comparison.
+Quality goes through ``mlflow.genai.evaluate`` with code scorers (:mod:`chatpack.evaluation.scorers`: one trace per
+prompt), one nested run per model linked to its LoggedModel (``model_id``); the evaluate run itself holds the
+comparison.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -16,13 +16,12 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.metrics import MetricValue
-from mlflow.models import make_metric
 
 from chatpack.evaluation import champion, quality, report
 from chatpack.evaluation.data import EvalRow
 from chatpack.evaluation.intervals import mean_interval
 from chatpack.evaluation.runner import FlavourRun, run_flavour
+from chatpack.evaluation.scorers import genai_quality
 from chatpack.tracking import MODEL_URI_TAG, StepInputError
 
 logger = logging.getLogger(__name__)
@@ -30,7 +29,6 @@ logger = logging.getLogger(__name__)
 FLAVOURS = ("transformers", "onnx")
 REFERENCE = "transformers"
 EVAL_DATA_TAG = "chatpack.eval_data_sha256"
-QUALITY_METRICS = ("row_score", "exact_match", "contains_reference", "rouge_l", "rule_pass")
 
 
 @dataclass
@@ -58,46 +56,6 @@ class FlavourEval:
                                   tuple(self.scores))
 
 
-def _aggregate(scores: list[float | None]) -> MetricValue:
-    present = [s for s in scores if s is not None]
-    return MetricValue(scores=scores, aggregate_results={"mean": sum(present) / len(present) if present else 0.0})
-
-
-def _metrics() -> list:
-    """Custom metrics for mlflow.models.evaluate; extra arguments are eval-data columns, passed by name."""
-
-    def exact_match(predictions, targets, metrics):
-        return _aggregate([quality.exact_match(p, t) for p, t in zip(predictions, targets)])
-
-    def contains_reference(predictions, targets, metrics):
-        return _aggregate([quality.contains_reference(p, t) for p, t in zip(predictions, targets)])
-
-    def rouge_l(predictions, targets, metrics):
-        return _aggregate([quality.rouge_l(p, t) for p, t in zip(predictions, targets)])
-
-    def rule_pass(predictions, targets, metrics, rules):
-        return _aggregate([quality.rule_pass_rate(p, json.loads(r)) for p, r in zip(predictions, rules)])
-
-    def row_score(predictions, targets, metrics, row_json):
-        rows = [EvalRow(**json.loads(r)) for r in row_json]
-        return _aggregate([quality.score_row(row, p)["row_score"] for row, p in zip(rows, predictions)])
-
-    fns = (row_score, exact_match, contains_reference, rouge_l, rule_pass)
-    return [make_metric(eval_fn=fn, greater_is_better=True, name=fn.__name__) for fn in fns]
-
-
-def eval_frame(rows: list[EvalRow], replies: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [r.id for r in rows],
-        "category": [r.category for r in rows],
-        "inputs": [r.messages[-1]["content"] for r in rows],
-        "prediction": replies,
-        "reference": [r.reference for r in rows],
-        "rules": [json.dumps(r.rules) for r in rows],
-        "row_json": [json.dumps(r.__dict__) for r in rows],
-    })
-
-
 def model_size_bytes(model_uri: str) -> int:
     return int(mlflow.models.Model.load(model_uri).model_size_bytes or 0)
 
@@ -109,16 +67,13 @@ def run_all(model_uris: dict[str, str], rows: list[EvalRow], max_new_tokens: int
 
 
 def score_flavour(result: FlavourEval, rows: list[EvalRow]) -> None:
-    """Quality via mlflow.models.evaluate in a nested run linked to the model; speed and size beside it."""
+    """Quality via mlflow.genai.evaluate in a nested run linked to the model; speed and size beside it."""
     model_id = result.model_uri.removeprefix("models:/") if result.model_uri.startswith("models:/m-") else None
     with mlflow.start_run(run_name=f"evaluate-{result.name}", nested=True):
         mlflow.set_tags({"chatpack.step": "evaluate-flavour", "chatpack.flavour": result.name,
                          "chatpack.model_uri": result.model_uri})
-        evaluation = mlflow.models.evaluate(data=eval_frame(rows, result.replies), predictions="prediction",
-                                            targets="reference", extra_metrics=_metrics(), evaluators="default",
-                                            model_id=model_id)
-        result.quality = {name: float(evaluation.metrics[f"{name}/mean"]) for name in QUALITY_METRICS}
-        result.scores = [float(x) for x in evaluation.tables["eval_results_table"]["row_score/score"]]
+        result.quality = genai_quality(rows, result.replies, model_id)
+        result.scores = [float(quality.score_row(row, reply)["row_score"]) for row, reply in zip(rows, result.replies)]
         result.speed = result.run.speed()
         result.size_bytes = model_size_bytes(result.model_uri)
         ci = mean_interval(result.scores)
