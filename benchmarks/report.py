@@ -123,8 +123,8 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
     servers, config = payload["servers"], payload["config"]
     by_key = {(row["server"], row["workload"], row["clients"]): row for row in payload["rows"]}
     head = ["| server | workload | clients | tok/s | x 1 client | req/s | TTFT p50 s (streamed) | latency p50 s | "
-            "latency p95 s | failures | greedy = alone | seeded = alone | reply tokens |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "latency p95 s | failures | greedy = alone | seeded = alone | reply tokens | others' CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for row in payload["rows"]:
         rounds = row["rounds"]
@@ -140,9 +140,10 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
                     f"{fmt_spread([r['latency_p95_s'] for r in rounds], 2)} | {fmt_failures(rounds)} | "
                     f"{fmt_share(_mean([r.get('greedy_identical_alone') for r in rounds]))} | "
                     f"{fmt_share(_mean([r.get('seeded_identical_alone') for r in rounds]))} | "
-                    f"{fmt_spread([r.get('mean_reply_tokens') for r in rounds])} |")
+                    f"{fmt_spread([r.get('mean_reply_tokens') for r in rounds])} | "
+                    f"{fmt_percent(rounds)} |")
     for name, why in (config.get("skipped") or {}).items():
-        rows.append(f"| {name} | skipped: {why} | | | | | | | | | | | |")
+        rows.append(f"| {name} | skipped: {why} | | | | | | | | | | | | |")
     turns = ["| server | later turn TTFT s | cold, same history TTFT s | later / cold | prompt tokens (later / cold) "
              "| failures |", "|---|---|---|---|---|---|"]
     for item in payload.get("multi_turn", []):
@@ -153,12 +154,23 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
                      f"{fmt_spread([r['warm_over_cold'] for r in rounds], 2)} | "
                      f"{fmt_spread([r['warm_prompt_tokens'] for r in rounds], 0)} / "
                      f"{fmt_spread([r['cold_prompt_tokens'] for r in rounds], 0)} | {fmt_failures(rounds)} |")
-    started = "; ".join(f"{v['label']}: `{' '.join(_short(c) for c in v['command'])}`" for v in servers.values())
+    started = "; ".join(f"{v['label']}: `{' '.join(_short(c) for c in v['command'])}`"
+                        + (f" (threads: {v['threads']}" if v.get("threads") else " (")
+                        + (f"; peak RSS {v['peak_rss_mb']:.0f} MB)" if v.get("peak_rss_mb") else ")")
+                        for v in servers.values())
     note = (f"{config['requests']} requests per workload and round, {config['max_tokens']} reply tokens, "
             f"{config['clients']} concurrent clients; multi-turn: {config['conversations']} conversations x 3 turns, "
             f"{config['turn_tokens']} tokens per turn, one client. Servers: {started}.")
     others = [r.get("other_cpu_share") for row in payload["rows"] for r in row["rounds"]]
     return "\n".join([machine_line(payload, source, others), "", note, "", *head, *rows, "", *turns])
+
+
+def fmt_percent(rounds: list[dict[str, Any]]) -> str:
+    """Share of the CPU other processes used during the row's measurements, as median (min-max) percent."""
+    s = spread([r.get("other_cpu_share") for r in rounds])
+    if s is None:
+        return "n/a"
+    return f"{100 * s['median']:.0f}% ({100 * s['min']:.0f}-{100 * s['max']:.0f}%)"
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -137,7 +137,7 @@ def test_serve_table_failures_scaling_and_turns():
     assert "other processes used 10% (0-50%) of the CPU while we measured" in table.splitlines()[0]
     solo = _row(table, "chatpack serve", "mixed/1")
     assert solo[3] == "80.0 (70.0-90.0)" and solo[4] == "1.00" and solo[9] == "0/72"
-    assert solo[6] == "0.250 (0.200-0.300)"
+    assert solo[6] == "0.250 (0.200-0.300)" and solo[13] == "10% (0-50%)"
     busy = _row(table, "chatpack serve", "mixed/8")
     assert busy[3] == "88.0 (84.0-99.0)"
     assert busy[4] == "1.10 (1.10-1.20)"  # 88/80, 84/70, 99/90 per round
