@@ -36,7 +36,7 @@ from chatpack.protocol.replies import chat_chunk
 from chatpack.protocol.reply_format import STRUCTURED_OUTPUTS_KEY, demanded_field
 from chatpack.serving.metrics import CONTENT_TYPE, ServerMetrics
 from chatpack.serving.observer import RequestObserver
-from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE, ServedModel
+from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE, ServedModel, limit_malloc_arenas
 from chatpack.serving.tracing import RequestTracer, TraceSettings
 
 logger = logging.getLogger(__name__)
@@ -224,5 +224,6 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, queue_size:
     """Run the server until interrupted."""
     import uvicorn
 
+    limit_malloc_arenas()
     app = create_app(ServedModel(model_uri, queue_size, threads), tracing=tracing)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=30)
