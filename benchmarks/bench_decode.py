@@ -32,15 +32,7 @@ PROMPTS = [
     "Explain how a bicycle works to a ten-year-old.",
     "Describe a walk through a busy market in the morning.",
     "Give me advice on learning to cook at home.",
-    # A long prompt (~330 tokens with the template), so prefill weighs in time to first token.
-    "Here are my notes from this week's team meeting. " + " ".join(
-        f"Item {i}: the {topic} work is {state}, and the owner asked for feedback by {day}."
-        for i, (topic, state, day) in enumerate([
-            ("database migration", "two days late", "Monday"), ("login page", "finished", "Tuesday"),
-            ("billing report", "blocked on data access", "Wednesday"), ("mobile app", "in review", "Thursday"),
-            ("search index", "half done", "Friday"), ("onboarding guide", "not started", "next Monday"),
-            ("security audit", "scheduled", "next Tuesday"), ("cost dashboard", "in testing", "next Friday"),
-        ] * 2)) + " Summarise the three most urgent items in one sentence each.",
+    common.meeting_notes("Summarise the three most urgent items in one sentence each."),
 ]
 LONG_PROMPT = len(PROMPTS) - 1  # index of the long prompt
 REFERENCE = "onnx_pyfunc"

@@ -34,15 +34,7 @@ from typing import Any
 from benchmarks import common
 from benchmarks.client import Reply, chat
 
-LONG_PROMPT = (
-    "Here are my notes from this week's team meeting. " + " ".join(
-        f"Item {i}: the {topic} work is {state}, and the owner asked for feedback by {day}."
-        for i, (topic, state, day) in enumerate([
-            ("database migration", "two days late", "Monday"), ("login page", "finished", "Tuesday"),
-            ("billing report", "blocked on data access", "Wednesday"), ("mobile app", "in review", "Thursday"),
-            ("search index", "half done", "Friday"), ("onboarding guide", "not started", "next Monday"),
-            ("security audit", "scheduled", "next Tuesday"), ("cost dashboard", "in testing", "next Friday"),
-        ] * 2)) + " Which item should I look at first, and why?")
+LONG_PROMPT = common.meeting_notes("Which item should I look at first, and why?")
 CONVERSATIONS = [
     ["I am planning a vegetable garden on a small balcony. " + LONG_PROMPT.split(". ", 1)[0] + ". What should I grow?",
      "Which of those needs the least water?", "How often should I water it in summer?"],

@@ -140,6 +140,18 @@ def machine_info(threads: int, extra_versions: dict[str, str] | None = None) -> 
     }
 
 
+# -- prompts --------------------------------------------------------------------------------------------------------
+def meeting_notes(question: str) -> str:
+    """A long prompt (~330 tokens with a chat template), so prefill weighs in time to first token."""
+    items = [("database migration", "two days late", "Monday"), ("login page", "finished", "Tuesday"),
+             ("billing report", "blocked on data access", "Wednesday"), ("mobile app", "in review", "Thursday"),
+             ("search index", "half done", "Friday"), ("onboarding guide", "not started", "next Monday"),
+             ("security audit", "scheduled", "next Tuesday"), ("cost dashboard", "in testing", "next Friday")] * 2
+    return ("Here are my notes from this week's team meeting. " + " ".join(
+        f"Item {i}: the {topic} work is {state}, and the owner asked for feedback by {day}."
+        for i, (topic, state, day) in enumerate(items)) + " " + question)
+
+
 # -- servers ---------------------------------------------------------------------------------------------------------
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""

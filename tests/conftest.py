@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from benchmarks.common import free_port, wait_for_http  # noqa: F401  (the tests' helpers too)
 
 # No test may reach for the model hub; set before any test module imports huggingface_hub (it reads this once).
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -66,12 +66,6 @@ def bundled_fetch_run() -> str:
     return run_fetch("--model", BUNDLED_MODEL)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def copy_project(dest: Path) -> Path:
     """A copy of the project (what `mlflow run` sees), without local environments and outputs."""
     ignore = shutil.ignore_patterns(".venv", ".git", "mlruns", "mlflow.db", "__pycache__", ".pytest_cache", "outputs")
@@ -89,19 +83,3 @@ def mlflow_run(project: Path, entry_point: str, params: dict[str, str], timeout:
     # mlflow runs the entry point's `python ...` from PATH: make it this interpreter.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     return subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def wait_for_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
