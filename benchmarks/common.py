@@ -326,4 +326,5 @@ class CpuMeter:
         if busy is None or self.busy0 is None or wall <= 0:
             return None
         others = (busy - self.busy0) - (ours - self.ours0)
-        return round(max(0.0, others) / (wall * (os.cpu_count() or 1)), 3)
+        # /proc/stat counts in clock ticks: over a short window the share can round past the machine; cap it.
+        return round(min(1.0, max(0.0, others) / (wall * (os.cpu_count() or 1))), 3)
