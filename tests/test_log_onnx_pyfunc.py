@@ -281,3 +281,10 @@ def test_mlflow_models_serve_answers_both_input_forms(onnx_model_uri, onnx_model
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_threads_can_be_set_when_the_logged_model_is_loaded(onnx_model_uri):
+    as_logged = mlflow.pyfunc.load_model(onnx_model_uri).unwrap_python_model().engine
+    assert as_logged.threads is None  # logged as 0: onnxruntime's default
+    pinned = mlflow.pyfunc.load_model(onnx_model_uri, model_config={"threads": 1}).unwrap_python_model().engine
+    assert pinned.threads == 1  # what `serve --threads 1` passes

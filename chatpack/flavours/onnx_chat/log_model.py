@@ -133,7 +133,9 @@ def _log(fetched: FetchedModel, model_name: str, defaults: GenerationDefaults, r
         python_model=str(MODEL_CODE),
         artifacts={ONNX_ARTIFACT_KEY: str(fetched.onnx_dir)},
         code_paths=[str(runtime_dir)],
-        model_config={"source_model": fetched.info["source"], **defaults.onnx_config()},
+        # ``threads`` is declared (0 = onnxruntime's default) so that a load-time override reaches the model:
+        # MLflow drops model_config keys the logged model does not declare (``serve --threads`` sets it).
+        model_config={"source_model": fetched.info["source"], **defaults.onnx_config(), "threads": 0},
         signature=chat_or_prompt_signature(),
         pip_requirements=installed_pins(ONNX_MODEL_PACKAGES),
         metadata=metadata,
