@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from chatpack.flavours.onnx_chat.pyfunc_model import CONCURRENCY_KEY, THREADS_CONFIG_KEY
 from chatpack.serving.observed_model import ObservedModel
 from chatpack.serving.request_context import ContextExecutor
 from chatpack.serving.transformers_adapter import FLAVOUR as TRANSFORMERS
@@ -34,8 +35,6 @@ from chatpack.serving.transformers_adapter import TransformersChat
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 16
-CONCURRENCY_KEY = "chatpack_concurrency"  # model metadata: "batched" = safe to call from many threads at once
-THREADS_CONFIG_KEY = "threads"  # model_config key the ONNX pyfunc reads (intra-op threads of its session)
 CHAT_TASK = "llm/v1/chat"
 MALLOC_ARENAS = 2  # glibc's default is 8 per core; with a thread pool that fragments (measured: RSS +17% in a soak)
 

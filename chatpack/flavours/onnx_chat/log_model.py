@@ -16,7 +16,7 @@ from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA, CHAT_MODEL_OUTPUT_SCHEMA
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
 from chatpack.flavours.model_config import GenerationDefaults, source_metadata
-from chatpack.flavours.onnx_chat.pyfunc_model import ONNX_ARTIFACT_KEY
+from chatpack.flavours.onnx_chat.pyfunc_model import CONCURRENCY_KEY, ONNX_ARTIFACT_KEY, THREADS_CONFIG_KEY
 from chatpack.pins import ONNX_MODEL_PACKAGES, installed_pins
 from chatpack.protocol.reply_format import STRUCTURED_OUTPUTS_KEY
 from chatpack.protocol.request_model import ChatBody, PromptBody
@@ -24,7 +24,6 @@ from chatpack.sources.fetch import FetchedModel
 
 logger = logging.getLogger(__name__)
 
-CONCURRENCY_KEY = "chatpack_concurrency"
 MODEL_CODE = Path(__file__).resolve().parent / "model_code.py"
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder holding ``chatpack/``
 # What a logged model runs, and nothing else: the request model and response shapes, the engine, the PythonModel.
@@ -135,7 +134,7 @@ def _log(fetched: FetchedModel, model_name: str, defaults: GenerationDefaults, r
         code_paths=[str(runtime_dir)],
         # ``threads`` is declared (0 = onnxruntime's default) so that a load-time override reaches the model:
         # MLflow drops model_config keys the logged model does not declare (``serve --threads`` sets it).
-        model_config={"source_model": fetched.info["source"], **defaults.onnx_config(), "threads": 0},
+        model_config={"source_model": fetched.info["source"], **defaults.onnx_config(), THREADS_CONFIG_KEY: 0},
         signature=chat_or_prompt_signature(),
         pip_requirements=installed_pins(ONNX_MODEL_PACKAGES),
         metadata=metadata,

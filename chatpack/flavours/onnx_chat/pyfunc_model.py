@@ -29,6 +29,9 @@ from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import chat_chunk, chat_completion, completion_id, usage
 
 ONNX_ARTIFACT_KEY = "onnx_model"
+# What the model's logging and the server agree on with this class:
+CONCURRENCY_KEY = "chatpack_concurrency"  # model metadata; "batched": safe to call from many threads at once
+THREADS_CONFIG_KEY = "threads"  # model_config: the engine's intra-op threads (0 or unset: onnxruntime's default)
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")
 T = TypeVar("T")
 
@@ -57,7 +60,7 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         config = dict(context.model_config or {})
         self.model_name = str(config.get("source_model", "onnx-chat"))
         defaults = {k: config[k] for k in GENERATION_KEYS if config.get(k) is not None}
-        threads = config.get("threads")  # set at load time: mlflow.pyfunc.load_model(uri, model_config={"threads": 2})
+        threads = config.get(THREADS_CONFIG_KEY)  # set at load time: load_model(uri, model_config={"threads": 2})
         self.engine = OnnxChatEngine(context.artifacts[ONNX_ARTIFACT_KEY], defaults,
                                      threads=int(threads) if threads else None)
 
