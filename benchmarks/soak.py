@@ -7,8 +7,9 @@ sends ``--requests`` requests (the warm-up runs twice as many clients at once, s
 full before measuring): the first half one after the other, the second half from ``--clients`` concurrent
 clients; every other request is streamed, every ``--cancel_every``-th streamed one is cancelled after its first
 piece of text (the client closes the connection). Checks: no failed request (a cancelled one must have received
-text), the server's RSS grows less than 10% from the end of the warm-up to the end, and its threads and open file
-descriptors come back to the warm-up level once it is idle (no leak). Prints a table and writes JSON to
+text), the server's RSS grows less than 10% from the end of the warm-up to the end, its threads and open file
+descriptors come back to the warm-up level once it is idle (no leak), and (tracing on) every request, warm-up
+included, is a trace in the run's own experiment ``chatpack-soak-<time>``. Prints a table and writes JSON to
 ``benchmarks/results/``. Bounded: each request has a timeout, the whole run ``--max_seconds``.
 """
 
@@ -101,11 +102,23 @@ def run_phase(url: str, plans: list[dict[str, Any]], clients: int, timeout: floa
         return list(pool.map(lambda plan: send(url, plan, timeout), plans))
 
 
+def _status(pid: int) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+
+
 def resources(pid: int) -> dict[str, float]:
-    """The server's RSS (MB), threads and open file descriptors (sockets included), from ``/proc`` (Linux)."""
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    """The server's RSS (MB), threads and open file descriptors (sockets included), and the RSS of its child
+    processes (the trace exporter), from ``/proc`` (Linux)."""
+    status = _status(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    child_kb = 0
+    for child in children:
+        try:
+            child_kb += int(_status(int(child))["VmRSS"].split()[0])
+        except (OSError, KeyError):
+            continue
     return {"rss_mb": round(int(status["VmRSS"].split()[0]) / 1024, 1), "threads": int(status["Threads"]),
-            "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+            "fds": len(os.listdir(f"/proc/{pid}/fd")), "children_rss_mb": round(child_kb / 1024, 1)}
 
 
 def settle(base: str, pid: int, seconds: float = 3.0) -> dict[str, float]:
@@ -141,35 +154,56 @@ def metric_total(text: str, name: str, labels: str = "") -> float:
                if line.startswith(name) and labels in line and not line.startswith("#"))
 
 
+def count_traces(experiment: str) -> int:
+    """Traces the server wrote to ``experiment`` of the tracking store (``MLFLOW_TRACKING_URI``)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    total, token = 0, None
+    while found is not None:
+        page = client.search_traces(locations=[found.experiment_id], max_results=500, page_token=token,
+                                    include_spans=False)
+        total, token = total + len(page), page.token
+        if not token:
+            break
+    return total
+
+
 def table(result: dict[str, Any]) -> str:
     rows = ["| phase | requests | streamed | cancelled | failures | req/s | p50 ms | p95 ms |",
             "|---|---|---|---|---|---|---|---|"]
     rows += [f"| {p['phase']} | {p['requests']} | {p['streamed']} | {p['cancelled']} | {p['failures']} | "
              f"{p['req_per_s']} | {p['p50_ms']} | {p['p95_ms']} |" for p in result["phases"]]
-    rows += ["", "| server | RSS MB | threads | open fds |", "|---|---|---|---|"]
-    rows += [f"| {k} | {v['rss_mb']} | {v['threads']} | {v['fds']} |" for k, v in result["resources"].items()]
+    rows += ["", "| server | RSS MB | threads | open fds | child processes' RSS MB (trace exporter) |",
+             "|---|---|---|---|---|"]
+    rows += [f"| {k} | {v['rss_mb']} | {v['threads']} | {v['fds']} | {v.get('children_rss_mb')} |"
+             for k, v in result["resources"].items()]
     rows += ["", *(f"- {name}: {'PASS' if ok else 'FAIL'} ({why})" for name, (ok, why) in result["checks"].items())]
     return "\n".join(rows)
 
 
-def checks(phases: list[dict[str, Any]], res: dict[str, dict[str, float]], peak_rss: float) -> dict[str, Any]:
+def checks(phases: list[dict[str, Any]], res: dict[str, dict[str, float]], peak_rss: float,
+           traces: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The verdicts; ``traces`` is (traces written, requests sent) when the server traced."""
     base, end = res["after warm-up"], res["end (idle)"]
     growth = end["rss_mb"] / base["rss_mb"] - 1
     failures = sum(p["failures"] for p in phases)
-    return {"no failures": (failures == 0, f"{failures} failed"),
+    verdicts = {} if traces is None else {"every request traced": (traces[0] == traces[1], "%d of %d" % traces)}
+    return {**verdicts, "no failures": (failures == 0, f"{failures} failed"),
             "RSS growth < 10% after warm-up": (growth < RSS_LIMIT, f"{growth:+.1%}, peak {peak_rss:.0f} MB"),
             "no leaked threads": (end["threads"] <= base["threads"], f"{base['threads']} -> {end['threads']}"),
             "no leaked open files": (end["fds"] <= base["fds"], f"{base['fds']} -> {end['fds']}")}
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
-    started = time.monotonic()
+    started, experiment = time.monotonic(), f"chatpack-soak-{time.strftime('%Y%m%d-%H%M%S')}"
     log = tempfile.NamedTemporaryFile("w+", prefix="soak-server-", suffix=".log", delete=False)
     server = None
     try:
         # Room for the warm-up's 2 x clients at once (and cancelled streams still winding down): no 429s.
         server, base = start_serve(args.model_uri, "--queue_size", str(args.clients * 4), "--tracing",
-                                   str(args.tracing).lower(), log=log)
+                                   str(args.tracing).lower(), "--experiment", experiment, log=log)
         pid, url = server.pid, base + "/v1/chat/completions"
         res = {"loaded": resources(pid)}
         warm = [request_plan(i, args.cancel_every) for i in range(-args.warmup, 0)]
@@ -205,13 +239,15 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         raise
     finally:
         if server is not None:
+            stop_process(server, timeout=180)  # SIGTERM: the server hands its last traces to the exporter first
             stop_process(server, group=True)
         log.close()
     total = warm_total = len(warm)
     total += args.requests
+    traces = (count_traces(experiment), total) if args.tracing else None
     return {"model_uri": args.model_uri, "requests": args.requests, "warmup": warm_total, "clients": args.clients,
             "cancel_every": args.cancel_every, "tracing": args.tracing, "phases": phases, "resources": res,
-            "peak_rss_mb": max(peak), "checks": checks(phases, res, max(peak)),
+            "peak_rss_mb": max(peak), "checks": checks(phases, res, max(peak), traces), "experiment": experiment,
             "server_metrics": {"requests_total": metric_total(metrics, "chatpack_requests_total",
                                                               'route="/v1/chat/completions"'),
                                "requests_sent": total,

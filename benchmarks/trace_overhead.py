@@ -4,8 +4,14 @@
 
 Requests go one at a time, in blocks that alternate between the two servers (so both see the same machine load, and
 the traced server's background export runs while its own next requests are answered, where it would cost them).
-Half the requests stream. Reports median and mean end-to-end latency per server and the overhead of tracing
-(traced / untraced - 1) overall and per kind; writes JSON to ``benchmarks/results/``.
+Half the requests stream. Reports:
+
+- end-to-end latency per server, and the overhead of tracing as the median over block pairs of traced / untraced
+  mean latency - 1 (adjacent blocks share the machine's load, which on a shared machine moves more than tracing);
+- CPU seconds per trace of the traced server's exporter process (``/proc``; off the request path, ``SCHED_IDLE``);
+- the share of the machine other processes used meanwhile (noise).
+
+Writes JSON to ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.client import chat
-from benchmarks.common import machine_info, stop_process
+from benchmarks.common import CpuMeter, group_cpu_seconds, machine_info, stop_process
 from benchmarks.soak import PROMPTS, start_serve
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,6 +41,12 @@ def start_server(model_uri: str, tracing: bool, experiment: str) -> tuple[subpro
 def body(index: int, max_tokens: int) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": f"{PROMPTS[index % len(PROMPTS)]} ({index})"}],
             "max_tokens": max_tokens, "stream": index % 2 == 1}
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` alone, from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -56,26 +68,41 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for _, url in servers.values():
                 chat(url, body(i, args.max_tokens))
         times: dict[str, dict[bool, list[float]]] = {"on": {False: [], True: []}, "off": {False: [], True: []}}
+        blocks: dict[str, list[float]] = {"on": [], "off": []}
         failures = 0
+        time.sleep(3)  # the warm-up's traces written
+        pids = {mode: proc.pid for mode, (proc, _) in servers.items()}
+        cpu0 = {mode: (process_cpu_seconds(pid), group_cpu_seconds(pid)) for mode, pid in pids.items()}
+        meter = CpuMeter(list(pids.values())).start()
         for start in range(0, args.requests, args.block):
             order = ("on", "off") if (start // args.block) % 2 == 0 else ("off", "on")
             for mode in order:
+                block = []
                 for i in range(start, min(start + args.block, args.requests)):
                     request = body(i, args.max_tokens)
                     reply = chat(servers[mode][1], request)
                     failures += not reply.ok
                     times[mode][request["stream"]].append(reply.total_s)
+                    block.append(reply.total_s)
+                blocks[mode].append(statistics.fmean(block))
+        others = meter.stop()
+        time.sleep(5)  # let the exporter write the last traces before reading its CPU
+        exporter_cpu = group_cpu_seconds(pids["on"]) - cpu0["on"][1] - (process_cpu_seconds(pids["on"]) - cpu0["on"][0])
     finally:
         for proc, _ in servers.values():
+            stop_process(proc, timeout=180)  # SIGTERM: the server lets its exporter finish first
             stop_process(proc, group=True)
     every = {mode: kinds[False] + kinds[True] for mode, kinds in times.items()}
+    paired = [on / off - 1 for on, off in zip(blocks["on"], blocks["off"])]
     return {"model_uri": args.model_uri, "requests_per_server": args.requests, "block": args.block,
             "max_tokens": args.max_tokens, "failures": failures,
             "latency": {mode: stats(values) for mode, values in every.items()},
+            "overhead_paired_blocks_median_pct": round(statistics.median(paired) * 100, 2),
             "overhead": overhead(every["on"], every["off"]),
             "overhead_whole": overhead(times["on"][False], times["off"][False]),
             "overhead_streamed": overhead(times["on"][True], times["off"][True]),
-            "machine": machine_info(threads=os.cpu_count() or 1)}
+            "exporter_cpu_ms_per_trace": round(exporter_cpu / args.requests * 1000, 2),
+            "other_processes_cpu_share": others, "machine": machine_info(threads=os.cpu_count() or 1)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| tracing | requests | median ms | mean ms |\n|---|---|---|---|")
     for mode in ("off", "on"):
         print(f"| {mode} | {lat[mode]['n']} | {lat[mode]['median_ms']} | {lat[mode]['mean_ms']} |")
-    print(f"\noverhead: median {ov['median_pct']:+.2f}%, mean {ov['mean_pct']:+.2f}% (whole replies "
+    print(f"\nlatency overhead: {result['overhead_paired_blocks_median_pct']:+.2f}% (median over block pairs); "
+          f"overall median {ov['median_pct']:+.2f}%, mean {ov['mean_pct']:+.2f}% (whole replies "
           f"{result['overhead_whole']['median_pct']:+.2f}%, streamed {result['overhead_streamed']['median_pct']:+.2f}%"
           f" median); failures: {result['failures']}")
+    print(f"exporter process: {result['exporter_cpu_ms_per_trace']} ms CPU per trace; other processes used "
+          f"{result['other_processes_cpu_share']} of the machine")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"trace-overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2))

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chatpack.serving.openai_server import create_app
 from chatpack.serving.request_context import RequestContext
 from chatpack.serving.served_model import CountingLock, ServedModel
-from chatpack.serving.tracing import TraceSettings, phases
+from chatpack.serving.tracing import TraceRecord, TraceSettings, phases
 from steps import log_onnx_pyfunc, log_transformers
 from tests.conftest import free_port, wait_for_http
 from tests.test_server import MESSAGES, client, logged, raw
@@ -164,11 +164,13 @@ def test_transformers_replies_get_the_phase_spans_too(fixture_fetch_run):
 
 def test_phases_follow_the_marks_that_were_reached():
     context = RequestContext(route="/v1/chat/completions", method="POST")
-    assert phases(context) == []  # refused before the model
+    context.finish(400)
+    assert phases(TraceRecord.of(context, None, None)) == []  # refused before the model
     for mark in ("model", "tokenised", "first_token"):
         context.mark(mark)
     context.finish(200)
-    assert [name for name, *_ in phases(context)] == ["tokenise", "prefill", "decode"]
+    assert [name for name, *_ in phases(TraceRecord.of(context, "m-1", "models:/m-1"))] == ["tokenise", "prefill",
+                                                                                         "decode"]
 
 
 def test_queue_depth_counts_requests_waiting_for_a_one_at_a_time_model():

@@ -37,5 +37,6 @@ def test_a_short_soak_against_serve_passes(fixture_fetch_run, tmp_path):
     # 40 requests say nothing about memory growth (the 1,000-request run does); failures and leaks they do show.
     verdicts = {name: ok for name, (ok, _) in result["checks"].items()}
     assert verdicts["no failures"] and verdicts["no leaked threads"] and verdicts["no leaked open files"], verdicts
+    assert verdicts["every request traced"], result["checks"]
     assert sum(p["requests"] for p in result["phases"]) == 40
     assert result["server_metrics"]["requests_total"] == result["server_metrics"]["requests_sent"]

@@ -3,8 +3,8 @@
 For each HTTP request it opens a :class:`~chatpack.serving.request_context.RequestContext` (the current one while
 the request is answered, also in the threads that generate its reply), notes the response status and, for errors, the
 message sent; once the last byte has gone out it counts the request in :class:`~chatpack.serving.metrics.
-ServerMetrics` and hands chat requests to the :class:`~chatpack.serving.tracing.RequestTracer`. Nothing here waits for
-the tracking store: traces are built and exported in the background.
+ServerMetrics` and hands chat requests to the :class:`~chatpack.serving.trace_export.TraceExporter`. Nothing here waits
+for the tracking store: traces are built and exported by another process.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from chatpack.serving.metrics import ServerMetrics, route_label
 from chatpack.serving.request_context import RequestContext, begin, end
-from chatpack.serving.tracing import RequestTracer
+from chatpack.serving.trace_export import TraceExporter
 
 CHAT_ROUTE = "/v1/chat/completions"
 MAX_BODY = 1 << 20  # bytes of a request body kept for its trace (a larger body is recorded cut short)
@@ -23,7 +23,7 @@ MAX_BODY = 1 << 20  # bytes of a request body kept for its trace (a larger body 
 class RequestObserver:
     """Pure ASGI middleware (no extra task per request, so the request's context reaches the route)."""
 
-    def __init__(self, app: Any, metrics: ServerMetrics, tracer: RequestTracer | None):
+    def __init__(self, app: Any, metrics: ServerMetrics, tracer: TraceExporter | None):
         self.app, self.metrics, self.tracer = app, metrics, tracer
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

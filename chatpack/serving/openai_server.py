@@ -37,7 +37,8 @@ from chatpack.protocol.reply_format import STRUCTURED_OUTPUTS_KEY, demanded_fiel
 from chatpack.serving.metrics import CONTENT_TYPE, ServerMetrics
 from chatpack.serving.observer import RequestObserver
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE, ServedModel, limit_malloc_arenas
-from chatpack.serving.tracing import RequestTracer, TraceSettings
+from chatpack.serving.trace_export import TraceExporter
+from chatpack.serving.tracing import TraceSettings
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +97,13 @@ def _whole_reply_chunks(reply: dict[str, Any], name: str) -> list[dict[str, Any]
 def create_app(served: ServedModel, load_in_background: bool = True, tracing: TraceSettings | None = None) -> FastAPI:
     """The app over ``served``; ``tracing`` says where chat requests are traced (default: on, see ``tracing``)."""
     tracing = tracing or TraceSettings()
-    tracer = RequestTracer(tracing, served) if tracing.enabled else None
+    tracer = TraceExporter(tracing, served) if tracing.enabled else None
     metrics = ServerMetrics(served)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if tracer is not None:
-            threading.Thread(target=tracer.start, name="trace-setup", daemon=True).start()
+            tracer.start()
         if load_in_background and served.model is None:
             threading.Thread(target=served.load, name="load-model", daemon=True).start()
         yield
