@@ -17,23 +17,21 @@ waiting); more get 429 at once rather than piling up.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatpack.protocol.chat_request import ChatRequest, parse_request
-from chatpack.protocol.errors import RequestError, error_body, openai_error
-from chatpack.protocol.replies import chat_chunk
+from chatpack.protocol.errors import RequestError
 from chatpack.protocol.reply_format import STRUCTURED_OUTPUTS_KEY, demanded_field
+from chatpack.serving.generation import as_error, error_event, error_response, sse, stream_chunks, whole_reply
 from chatpack.serving.metrics import CONTENT_TYPE, ServerMetrics
 from chatpack.serving.observer import RequestObserver
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE, ServedModel, limit_malloc_arenas
@@ -41,10 +39,6 @@ from chatpack.serving.trace_export import TraceExporter
 from chatpack.serving.tracing import TraceSettings
 
 logger = logging.getLogger(__name__)
-
-
-def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param), status)
 
 
 def model_payload(request: ChatRequest) -> dict[str, Any]:
@@ -74,24 +68,6 @@ def check_structured(chat: ChatRequest, served: ServedModel) -> None:
         raise RequestError(field, f"{field}: this model ({flavour} flavour) does not implement {what}; structured "
                                   "outputs and tool calls need an ONNX model logged by chatpack with constrained "
                                   "decoding (see README, Structured outputs and tool calls)")
-
-
-def _as_error(exc: Exception) -> JSONResponse:
-    """Any exception from parsing or from the model as OpenAI's error body: 400 with ``param`` for a bad request
-    (whichever copy of ``RequestError`` raised it, or any other 400 ``MlflowException``), 500 otherwise."""
-    status, body = openai_error(exc)
-    if status == 500:
-        logger.exception("generation failed", exc_info=exc)
-    return JSONResponse(body, status)
-
-
-def _whole_reply_chunks(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """A non-streaming model's reply as role, content and finish chunks."""
-    choice = reply["choices"][0]
-    cid, created = reply.get("id", "chatcmpl-0"), int(reply.get("created", time.time()))
-    return [chat_chunk(cid, name, created, {"role": "assistant", "content": ""}),
-            chat_chunk(cid, name, created, {"content": choice["message"]["content"] or ""}),
-            chat_chunk(cid, name, created, {}, choice.get("finish_reason", "stop"), reply.get("usage"))]
 
 
 def create_app(served: ServedModel, load_in_background: bool = True, tracing: TraceSettings | None = None) -> FastAPI:
@@ -148,74 +124,29 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
                 raise RequestError("prompt", "prompt: not a chat-completions field; send 'messages'")
             check_structured(chat, served)
         except RequestError as exc:
-            return _as_error(exc)
+            return as_error(exc)
         if not served.admit():
             return error_response(429, f"server busy: {served.queue_size} requests already queued; retry later")
         payload = model_payload(chat)
         if chat.stream:
             return await _stream(payload)
-        loop = asyncio.get_running_loop()
-        try:
-            replies = await loop.run_in_executor(served.executor, served.predict, payload)
-        except Exception as exc:
-            return _as_error(exc)
-        finally:
-            served.release()
-        reply = dict(replies[0])
-        reply["model"] = served.name
-        return JSONResponse(reply)
+        reply = await whole_reply(served, payload)
+        return reply if isinstance(reply, JSONResponse) else JSONResponse(reply)
 
     async def _stream(payload: dict[str, Any]):
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-
-        def put(item) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def produce() -> None:
-            try:
-                with served.serial:
-                    if served.streamable:
-                        chunks = served.model.predict_stream(payload)
-                        try:
-                            for chunk in chunks:
-                                if cancel.is_set():
-                                    logger.info("client went away: generation stopped")
-                                    break
-                                put(("chunk", chunk))
-                        finally:
-                            chunks.close()  # ends generation and frees the model for the next request
-                    else:
-                        for chunk in _whole_reply_chunks(served.model.predict(payload)[0], served.name):
-                            put(("chunk", chunk))
-            except Exception as exc:
-                put(("error", exc))
-            finally:
-                served.release()
-                put(("done", None))
-
-        loop.run_in_executor(served.executor, produce)
-        first = await queue.get()  # errors before the first chunk become a plain 4xx/5xx response
-        if first[0] == "error":
-            await queue.get()
-            return _as_error(first[1])
+        items = await stream_chunks(served, payload)
+        if isinstance(items, JSONResponse):
+            return items
 
         async def events() -> AsyncIterator[str]:
-            item = first
             try:
-                while item[0] != "done":
-                    if item[0] == "error":
-                        yield f"data: {json.dumps(json.loads(_as_error(item[1]).body))}\n\n"
-                    else:
-                        yield f"data: {json.dumps({**item[1], 'model': served.name})}\n\n"
-                    item = await queue.get()
+                async for item in items:
+                    yield f"data: {json.dumps(error_event(item) if isinstance(item, Exception) else item)}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
-                cancel.set()  # the client disconnected, or we are done: either way stop generating
+                await items.aclose()  # the client went away: stop generating now
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return sse(events())
 
     return app
 

@@ -1,0 +1,127 @@
+"""Running one admitted request on the served model, for any route: a whole reply, or a stream of chunks.
+
+Routes parse and check their own request shape, turn it into the pyfunc's chat payload, then call
+:func:`whole_reply` or :func:`stream_chunks`. Both take the request as admitted (:meth:`ServedModel.admit`) and
+release it when the model is done with it. Errors become OpenAI's error body through :func:`as_error` (400 naming
+``param`` for a bad request, 500 without internals otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from chatpack.protocol.errors import error_body, openai_error
+from chatpack.protocol.replies import chat_chunk
+from chatpack.serving.served_model import ServedModel
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param), status)
+
+
+def as_error(exc: Exception) -> JSONResponse:
+    """Any exception from parsing or from the model as OpenAI's error body: 400 with ``param`` for a bad request
+    (whichever copy of ``RequestError`` raised it, or any other 400 ``MlflowException``), 500 otherwise."""
+    status, body = openai_error(exc)
+    if status == 500:
+        logger.exception("generation failed", exc_info=exc)
+    return JSONResponse(body, status)
+
+
+def whole_reply_chunks(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """A non-streaming model's reply as role, content and finish chunks."""
+    choice = reply["choices"][0]
+    cid, created = reply.get("id", "chatcmpl-0"), int(reply.get("created", time.time()))
+    return [chat_chunk(cid, name, created, {"role": "assistant", "content": ""}),
+            chat_chunk(cid, name, created, {"content": choice["message"]["content"] or ""}),
+            chat_chunk(cid, name, created, {}, choice.get("finish_reason", "stop"), reply.get("usage"))]
+
+
+async def whole_reply(served: ServedModel, payload: dict[str, Any]) -> dict[str, Any] | JSONResponse:
+    """The model's first reply to ``payload`` (a ``chat.completion`` dict, ``model`` set to the served name), or the
+    error response."""
+    loop = asyncio.get_running_loop()
+    try:
+        replies = await loop.run_in_executor(served.executor, served.predict, payload)
+    except Exception as exc:
+        return as_error(exc)
+    finally:
+        served.release()
+    reply = replies[0]
+    if isinstance(reply, dict):
+        reply = {**reply, "model": served.name}
+    return reply
+
+
+async def stream_chunks(served: ServedModel, payload: dict[str, Any]
+                        ) -> JSONResponse | AsyncIterator[dict[str, Any] | Exception]:
+    """The model's reply to ``payload`` as ``chat.completion.chunk`` dicts (``model`` set), driven by its
+    ``predict_stream`` (a model without one: its whole reply as three chunks). An error before the first chunk is
+    returned as the error response; a later one is yielded as the exception. Closing the iterator (the client went
+    away) stops generation."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    cancel = threading.Event()
+
+    def put(item) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def produce() -> None:
+        try:
+            with served.serial:
+                if served.streamable:
+                    chunks = served.model.predict_stream(payload)
+                    try:
+                        for chunk in chunks:
+                            if cancel.is_set():
+                                logger.info("client went away: generation stopped")
+                                break
+                            put(("chunk", chunk))
+                    finally:
+                        chunks.close()  # ends generation and frees the model for the next request
+                else:
+                    for chunk in whole_reply_chunks(served.model.predict(payload)[0], served.name):
+                        put(("chunk", chunk))
+        except Exception as exc:
+            put(("error", exc))
+        finally:
+            served.release()
+            put(("done", None))
+
+    loop.run_in_executor(served.executor, produce)
+    first = await queue.get()  # errors before the first chunk become a plain 4xx/5xx response
+    if first[0] == "error":
+        await queue.get()
+        return as_error(first[1])
+
+    async def items() -> AsyncIterator[dict[str, Any] | Exception]:
+        item = first
+        try:
+            while item[0] != "done":
+                yield item[1] if item[0] == "error" else {**item[1], "model": served.name}
+                item = await queue.get()
+        finally:
+            cancel.set()  # the client disconnected, or we are done: either way stop generating
+
+    return items()
+
+
+def sse(events: AsyncIterator[str]) -> StreamingResponse:
+    """Server-Sent Events from ``events`` (each already ``data: ...\\n\\n``), unbuffered."""
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def error_event(exc: Exception) -> dict[str, Any]:
+    """An error met mid-stream as the error body a client reads from the event."""
+    return json.loads(as_error(exc).body)
