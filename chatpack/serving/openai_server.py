@@ -28,9 +28,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatpack.protocol.chat_request import ChatRequest, parse_request
+from chatpack.protocol.chat_request import parse_request
 from chatpack.protocol.errors import RequestError
-from chatpack.protocol.reply_format import STRUCTURED_OUTPUTS_KEY, demanded_field
+from chatpack.serving.chat_payload import check_structured, model_payload
 from chatpack.serving.generation import as_error, error_event, error_response, sse, stream_chunks, whole_reply
 from chatpack.serving.metrics import CONTENT_TYPE, ServerMetrics
 from chatpack.serving.observer import RequestObserver
@@ -39,35 +39,6 @@ from chatpack.serving.trace_export import TraceExporter
 from chatpack.serving.tracing import TraceSettings
 
 logger = logging.getLogger(__name__)
-
-
-def model_payload(request: ChatRequest) -> dict[str, Any]:
-    """The pyfunc input: the messages plus only the options the caller set."""
-    o = request.options
-    payload: dict[str, Any] = {"messages": request.messages}
-    for key, value in (("max_tokens", o.max_tokens), ("temperature", o.temperature), ("top_p", o.top_p),
-                       ("top_k", o.top_k), ("seed", o.seed)):
-        if value is not None:
-            payload[key] = value
-    if o.stop:
-        payload["stop"] = list(o.stop)
-    if o.n != 1:
-        payload["n"] = o.n
-    if request.reply_format is not None:
-        payload.update(request.reply_format.fields)  # response_format, tools, ... as the caller sent them
-    return payload
-
-
-def check_structured(chat: ChatRequest, served: ServedModel) -> None:
-    """Refuse, naming the field, what needs constrained decoding when the model does not implement it (the
-    transformers flavour; ONNX models logged before it): such a model would ignore the field, not honour it."""
-    field = demanded_field(chat.reply_format, chat.messages)
-    meta = getattr(getattr(served.model, "metadata", None), "metadata", None) or {}
-    if field is not None and not meta.get(STRUCTURED_OUTPUTS_KEY):
-        what, flavour = "tool turns" if field == "messages" else "it", getattr(served, "flavour", None) or "pyfunc"
-        raise RequestError(field, f"{field}: this model ({flavour} flavour) does not implement {what}; structured "
-                                  "outputs and tool calls need an ONNX model logged by chatpack with constrained "
-                                  "decoding (see README, Structured outputs and tool calls)")
 
 
 def create_app(served: ServedModel, load_in_background: bool = True, tracing: TraceSettings | None = None) -> FastAPI:
