@@ -7,11 +7,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow.models import Model, convert_input_example_to_serving_input, validate_serving_input
+from mlflow.models import Model, validate_serving_input
 from mlflow.models import utils as model_utils
 from openai.types.chat import ChatCompletion
 
-from chatpack.flavours.transformers_chat import INPUT_EXAMPLE
 from steps import log_onnx_pyfunc, log_transformers
 from tests.test_server import logged
 
@@ -27,10 +26,7 @@ def test_each_logged_model_answers_its_serving_input_example(step, fixture_fetch
     uri = logged(step, fixture_fetch_run, "--max_new_tokens", "8")
     assert model_utils._validate_serving_input is check  # and put back afterwards
     example = serving_input(uri)
-    if step is log_transformers:
-        assert example is not None, "the transformers flavour is logged with an input example"
-    # An ONNX model logged without an example is checked with the same chat request.
-    example = example or convert_input_example_to_serving_input(INPUT_EXAMPLE)
+    assert example is not None, "each flavour is logged with an input example"
     replies = validate_serving_input(uri, example)
     reply = ChatCompletion.model_validate(replies[0])
     assert reply.choices[0].message.role == "assistant" and reply.usage.completion_tokens >= 1

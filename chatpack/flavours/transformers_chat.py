@@ -1,9 +1,9 @@
 """Log a chat model as an MLflow transformers model with the OpenAI chat schema (``task="llm/v1/chat"``).
 
-The model carries :data:`INPUT_EXAMPLE` (``input_example.json`` and ``serving_input_example.json``) for pre-deploy
+The model carries the shared input example (``input_example.json`` and ``serving_input_example.json``) for pre-deploy
 checks (``mlflow.models.validate_serving_input``). MLflow's flavour would load the model a second time and run the
-example while logging; that is switched off here (:func:`_no_log_time_validation`) and the tests run the check on the
-logged model instead, so logging stays as fast as without an example.
+example while logging; that is switched off here (``model_config.no_log_time_validation``) and the tests run the
+check on the logged model instead, so logging stays as fast as without an example.
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ from pathlib import Path
 
 import mlflow
 
-from chatpack.flavours.model_config import GenerationDefaults, source_metadata
+from chatpack.flavours.model_config import INPUT_EXAMPLE, GenerationDefaults, no_log_time_validation, source_metadata
 from chatpack.pins import TRANSFORMERS_MODEL_PACKAGES, installed_pins
 from chatpack.sources.fetch import FetchedModel
 
 logger = logging.getLogger(__name__)
 
 TASK = "llm/v1/chat"
-INPUT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16}
-
-
 @contextlib.contextmanager
 def _no_hub_lookups() -> Iterator[None]:
     """Make huggingface_hub refuse network calls for a while (the flavour's model-card and license look-ups)."""
@@ -50,21 +47,6 @@ def _pinned_hub_commit(commit: str) -> Iterator[None]:
         yield
     finally:
         flavor_config.get_latest_commit_for_repo = saved
-
-
-@contextlib.contextmanager
-def _no_log_time_validation() -> Iterator[None]:
-    """Skip MLflow's load-and-predict of the input example inside ``log_model`` (measured on the bundled 135M model:
-    7.2 s to log instead of 0.8 s; a large model would sit in memory twice). The transformers flavour always asks for
-    it when given a pipeline, so the check it calls is stubbed for the duration of the call."""
-    from mlflow.models import utils as model_utils
-
-    saved = model_utils._validate_serving_input
-    model_utils._validate_serving_input = lambda model_uri, serving_input: None
-    try:
-        yield
-    finally:
-        model_utils._validate_serving_input = saved
 
 
 def build_pipeline(hf_dir: Path, trust_remote_code: bool):
@@ -102,7 +84,7 @@ def log_transformers_model(
     pipe.model.name_or_path = info["source"]
     guard = _no_hub_lookups() if save_pretrained else _pinned_hub_commit(info["revision_resolved"])
     logger.info("Logging %s as %s (save_pretrained=%s)", info["source"], model_name, save_pretrained)
-    with guard, _no_log_time_validation():
+    with guard, no_log_time_validation():
         model_info = _log(pipe, model_name, defaults, fetched, registered_model_name, save_pretrained)
     mlflow.log_metric("seconds_log_model", time.perf_counter() - start)
     return model_info

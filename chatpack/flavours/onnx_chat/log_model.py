@@ -15,8 +15,14 @@ from mlflow.models import ModelSignature
 from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA, CHAT_MODEL_OUTPUT_SCHEMA
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
-from chatpack.flavours.model_config import GenerationDefaults, source_metadata
-from chatpack.flavours.onnx_chat.pyfunc_model import CONCURRENCY_KEY, ONNX_ARTIFACT_KEY, THREADS_CONFIG_KEY
+from chatpack.flavours.model_config import INPUT_EXAMPLE, GenerationDefaults, no_log_time_validation, source_metadata
+from chatpack.flavours.onnx_chat.pyfunc_model import (
+    CONCURRENCY_KEY,
+    FEATURES,
+    FEATURES_KEY,
+    ONNX_ARTIFACT_KEY,
+    THREADS_CONFIG_KEY,
+)
 from chatpack.pins import ONNX_MODEL_PACKAGES, installed_pins
 from chatpack.protocol.reply_format import STRUCTURED_OUTPUTS_KEY
 from chatpack.protocol.request_model import ChatBody, PromptBody
@@ -117,10 +123,13 @@ def log_onnx_model(
         # Safe to call from many threads at once: greedy requests that meet are answered in one batch.
         CONCURRENCY_KEY: "batched",
         STRUCTURED_OUTPUTS_KEY: "response_format,tools,tool_choice,parallel_tool_calls",
+        FEATURES_KEY: ",".join(FEATURES),  # logprobs, text_completion objects for the raw-prompt form
     }
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="chatpack-runtime-") as staging:
-        model_info = _log(fetched, model_name, defaults, registered_model_name, metadata, stage_runtime(Path(staging)))
+        with no_log_time_validation():
+            model_info = _log(fetched, model_name, defaults, registered_model_name, metadata,
+                              stage_runtime(Path(staging)))
     mlflow.log_metric("seconds_log_model", time.perf_counter() - start)
     return model_info
 
@@ -136,6 +145,7 @@ def _log(fetched: FetchedModel, model_name: str, defaults: GenerationDefaults, r
         # MLflow drops model_config keys the logged model does not declare (``serve --threads`` sets it).
         model_config={"source_model": fetched.info["source"], **defaults.onnx_config(), THREADS_CONFIG_KEY: 0},
         signature=chat_or_prompt_signature(),
+        input_example=INPUT_EXAMPLE,
         pip_requirements=installed_pins(ONNX_MODEL_PACKAGES),
         metadata=metadata,
         registered_model_name=registered_model_name or None,
