@@ -32,9 +32,10 @@ from chatpack.serving.served_model import own_imports
 from tests.conftest import ROOT
 
 M = [{"role": "user", "content": "hi"}]
-CHAT_FIELDS = ("max_completion_tokens, max_tokens, messages, model, n, parallel_tool_calls, response_format, seed, "
-               "stop, stream, stream_options, temperature, tool_choice, tools, top_k, top_p, user")
-PROMPT_FIELDS = "max_tokens, model, n, prompt, seed, stop, stream, temperature, top_k, top_p"
+CHAT_FIELDS = ("logprobs, max_completion_tokens, max_tokens, messages, model, n, parallel_tool_calls, response_format, "
+               "seed, stop, stream, stream_options, temperature, tool_choice, tools, top_k, top_logprobs, top_p, user")
+PROMPT_FIELDS = ("logprobs, max_tokens, model, n, prompt, seed, stop, stream, temperature, text_completion, top_k, "
+                 "top_logprobs, top_p")
 ROLES = "system, user, assistant, developer, tool"
 STOP = "stop: expected a non-empty string or a list of at most 4 non-empty strings"
 
@@ -163,7 +164,17 @@ BAD = [
     ("unknown field", {"messages": M, "foo": 1}, "foo", rf"foo: unsupported field \(supported: {CHAT_FIELDS}\)"),
     ("OpenAI's presence_penalty", {"messages": M, "presence_penalty": 0.5}, "presence_penalty",
      r"presence_penalty: unsupported field.*"),
-    ("OpenAI's logprobs", {"messages": M, "logprobs": True}, "logprobs", r"logprobs: unsupported field.*"),
+    ("logprobs not a boolean", {"messages": M, "logprobs": 1}, "logprobs", r"logprobs: expected true or false, got 1"),
+    ("top_logprobs over 20", {"messages": M, "logprobs": True, "top_logprobs": 21}, "top_logprobs",
+     r"top_logprobs: must be between 0 and 20, got 21"),
+    ("top_logprobs negative", {"messages": M, "logprobs": True, "top_logprobs": -1}, "top_logprobs",
+     r"top_logprobs: must be between 0 and 20, got -1"),
+    ("top_logprobs without logprobs", {"messages": M, "top_logprobs": 2}, "top_logprobs",
+     r"top_logprobs: requires logprobs: true"),
+    ("top_logprobs with logprobs false", {"messages": M, "logprobs": False, "top_logprobs": 2}, "top_logprobs",
+     r"top_logprobs: requires logprobs: true"),
+    ("text_completion is prompt-only", {"messages": M, "text_completion": True}, "text_completion",
+     r"text_completion: unsupported field.*"),
     ("response_format is chat-only", {"prompt": "p", "response_format": {"type": "json_object"}}, "response_format",
      r"response_format: unsupported field.*"),
     ("empty prompt", {"prompt": ""}, "prompt", r"prompt: expected a non-empty string, got ''"),

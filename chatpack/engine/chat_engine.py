@@ -8,7 +8,9 @@ generator, with the same replies as alone; streams, sampled and constrained requ
 
 A request with a decoding constraint (``options.guidance``) gets its generator made, and the constraint compiled, when
 it is submitted, before it waits for the model: a constraint that does not compile fails at the call and never holds
-the model. Conversations with tools are rendered by :mod:`chatpack.engine.tool_prompt`.
+the model. Conversations with tools are rendered by :mod:`chatpack.engine.tool_prompt`. Requests that ask for
+logprobs (``options.logprobs``) batch like the others: each row reads its own row of the step's logits
+(:mod:`chatpack.engine.logprobs`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from chatpack.engine.decode_step import RowDecoder, StreamState, decode
 from chatpack.engine.genai_model import GenaiModel
+from chatpack.engine.logprobs import TokenLogprob, TokenTrack, Vocabulary
 from chatpack.engine.scheduler import Pending, Scheduler
 from chatpack.engine.search_options import GREEDY
 from chatpack.engine.tool_calls import CallGuard
@@ -48,6 +53,7 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # when ``options.logprobs`` asked for them
 
 
 class OnnxChatEngine:
@@ -67,6 +73,7 @@ class OnnxChatEngine:
         self.scheduler = Scheduler(self._answer, self.context_length, max_batch)
         self.stats = self.scheduler.stats
         self.native_tools = template_takes_tools(model_dir)
+        self.vocabulary = Vocabulary(self.decode_ids, self.encode_text("a")[-1])
         logger.info("Constrained decoding ready in %.2f s (tools through the chat template: %s)",
                     self.genai.warm_up(), self.native_tools)
 
@@ -81,6 +88,9 @@ class OnnxChatEngine:
 
     def encode_text(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer.encode(text)]
+
+    def decode_ids(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(np.asarray(ids, dtype=np.int32))
 
     def check_fits(self, prompt_ids: list[int]) -> None:
         """Raise :class:`ContextOverflow` when no reply token fits after the prompt."""
@@ -103,7 +113,8 @@ class OnnxChatEngine:
         item = self._pending(prompt_ids, options)
         self.scheduler.submit(item)
         state = item.state
-        return Completion(item.text, state.finish_reason or "length", state.prompt_tokens, state.completion_tokens)
+        return Completion(item.text, state.finish_reason or "length", state.prompt_tokens, state.completion_tokens,
+                          state.logprobs)
 
     def _pending(self, prompt_ids: list[int], options: GenerationOptions, state: StreamState | None = None
                  ) -> Pending:
@@ -148,4 +159,5 @@ class OnnxChatEngine:
             stops = stops if guidance.free_text else ()
             if guidance.max_calls:
                 guard = CallGuard(guidance.max_calls)
-        return RowDecoder(self.tokenizer, self.eos_ids, stops, item.max_new, item.state, guard)
+        track = None if item.options.logprobs is None else TokenTrack(item.options.logprobs, self.vocabulary)
+        return RowDecoder(self.tokenizer, self.eos_ids, stops, item.max_new, item.state, guard, track)

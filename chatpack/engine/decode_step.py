@@ -6,7 +6,9 @@ incremental detokenising (``tokenizer.create_stream()``), stop sequences (cut fr
 never leaks into a stream. A reply that may hold tool calls also has a :class:`~chatpack.engine.tool_calls.CallGuard`,
 which may end it early or hold back a call that could be a repeat; stop sequences then apply to free text only.
 :func:`decode` drives a generator's rows step by step; a single request is a generator of one row, a batch one of
-several, and both go through the same step.
+several, and both go through the same step. A reply that asked for logprobs has a
+:class:`~chatpack.engine.logprobs.TokenTrack`: :func:`decode` then reads each step's logits before the next token, and
+the row emits text at token boundaries only, each piece with the entries of its tokens (``state.logprobs``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from chatpack.engine.logprobs import TokenLogprob, TokenTrack
 from chatpack.engine.stops import find_stop, held_back
 from chatpack.engine.tool_calls import CallGuard
 
@@ -26,14 +31,17 @@ class StreamState:
     prompt_tokens: int
     completion_tokens: int = 0
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # the emitted tokens' logprobs, when the request asked for them
 
 
 class RowDecoder:
     """One reply's decoding state; ``text`` is the reply so far (final once :attr:`done`: stop sequence cut off)."""
 
     def __init__(self, tokenizer: Any, eos_ids: Collection[int], stops: tuple[str, ...], max_new: int,
-                 state: StreamState, guard: CallGuard | None = None):
-        self.state = state
+                 state: StreamState, guard: CallGuard | None = None, track: TokenTrack | None = None):
+        self.state, self.track = state, track
+        if track is not None and state.logprobs is None:
+            state.logprobs = []
         self.text = ""
         self._detokenize = tokenizer.create_stream()
         self._eos_ids, self._stops, self._max_new, self._guard = eos_ids, stops, max_new, guard
@@ -43,21 +51,27 @@ class RowDecoder:
     def done(self) -> bool:
         return self.state.finish_reason is not None
 
-    def push(self, token: int) -> str:
-        """Take the row's next token; return the text it makes safe to emit (all that is left once the row ends).
-        A row that has ended ignores further tokens (a batch goes on for its other rows)."""
+    def push(self, token: int, logits: Any = None) -> str:
+        """Take the row's next token (and, when the row tracks logprobs, the step's ``logits`` it was chosen from);
+        return the text it makes safe to emit (all that is left once the row ends). A row that has ended ignores
+        further tokens (a batch goes on for its other rows)."""
         if self.done:
             return ""
         if token in self._eos_ids:
             return self.finish("stop")
         self.state.completion_tokens += 1
+        start = len(self.text)
         self.text += self._detokenize.decode(token)
+        if self.track is not None:
+            self.track.note(token, logits, start, len(self.text))
         cut, hold = self._guard.check(self.text) if self._guard else (None, 0)
         stops = self._stops if self._guard is None or self._guard.in_text else ()
         if cut is None:
             cut = find_stop(self.text, stops, self._emitted)
         if cut is not None:
             self.text = self.text[:cut]
+            if self.track is not None:
+                self.track.cut(cut)
             return self.finish("stop")
         if self.state.completion_tokens >= self._max_new:
             return self.finish("length")
@@ -70,6 +84,9 @@ class RowDecoder:
         return self._emit(len(self.text))
 
     def _emit(self, upto: int) -> str:
+        if self.track is not None:  # text goes out with its tokens: up to a token boundary (all of it at the end)
+            upto = upto if self.done else min(upto, self.track.boundary(upto))
+            self.state.logprobs.extend(self.track.release(self.text, upto if not self.done else len(self.text)))
         piece = self.text[self._emitted:upto]
         self._emitted = max(self._emitted, upto)
         return piece
@@ -78,8 +95,11 @@ class RowDecoder:
 def decode(generator: Any, rows: list[RowDecoder]) -> Iterator[list[str]]:
     """Run ``generator`` (one row per :class:`RowDecoder`) until every row has ended; yield each step's new text per
     row. Rows that ended wait for the others; a generator that stops first ends the rest for "length"."""
+    tracked = any(row.track is not None for row in rows)
     while not all(row.done for row in rows) and not generator.is_done():
+        # The step's logits are computed before the token is chosen (and are the model's own: no temperature, no mask)
+        logits = np.asarray(generator.get_logits()).reshape(len(rows), -1) if tracked else [None] * len(rows)
         generator.generate_next_token()
         tokens = generator.get_next_tokens()
-        yield [row.push(int(token)) for row, token in zip(rows, tokens)]
+        yield [row.push(int(token), row_logits) for row, token, row_logits in zip(rows, tokens, logits)]
     yield [row.finish("length") for row in rows]

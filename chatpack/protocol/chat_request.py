@@ -35,6 +35,7 @@ class GenerationOptions:
     n: int = 1
     seed: int | None = None
     guidance: Guidance | None = None  # a decoding constraint (structured output, tool calls); set by the model
+    logprobs: int | None = None  # None: no logprobs; k >= 0: each token's logprob and its step's k most likely
 
     def over(self, defaults: dict[str, Any]) -> GenerationOptions:
         """These options on top of the logged defaults: only fields the caller set override them."""
@@ -47,6 +48,7 @@ class GenerationOptions:
             n=self.n,
             seed=self.seed,
             guidance=self.guidance,
+            logprobs=self.logprobs,
         )
 
 
@@ -57,6 +59,7 @@ class ChatRequest:
     options: GenerationOptions = field(default_factory=GenerationOptions)
     stream: bool = False
     reply_format: ReplyFormat | None = None  # response_format / tools, when the request sets any of them
+    text_completion: bool = False  # raw-prompt form: answer with a ``text_completion`` object, not the string
 
 
 def validate_body(body: Any) -> ChatBody | PromptBody:
@@ -92,8 +95,16 @@ def parse_request(body: Any) -> ChatRequest:
         messages, prompt = None, request.prompt
     options = GenerationOptions(max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p,
                                 top_k=request.top_k, stop=tuple(request.stop or ()), n=request.n or 1,
-                                seed=request.seed)
-    return ChatRequest(messages, prompt, options, request.stream, reply_format)
+                                seed=request.seed, logprobs=logprobs(request.logprobs, request.top_logprobs))
+    text_completion = bool(getattr(request, "text_completion", None))
+    return ChatRequest(messages, prompt, options, request.stream, reply_format, text_completion)
+
+
+def logprobs(asked: bool | None, top: int | None) -> int | None:
+    """How many alternatives per token to report (None: no logprobs): OpenAI's ``logprobs`` + ``top_logprobs``."""
+    if top is not None and not asked:
+        raise RequestError("top_logprobs", "top_logprobs: requires logprobs: true")
+    return (top or 0) if asked else None
 
 
 def conversation(turns: list[ChatMessage]) -> list[dict[str, Any]]:

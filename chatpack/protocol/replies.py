@@ -1,4 +1,5 @@
-"""OpenAI chat-completions response objects (``chat.completion`` and ``chat.completion.chunk``) as plain dicts."""
+"""OpenAI response objects as plain dicts: ``chat.completion`` and ``chat.completion.chunk``, and the text-completions
+``text_completion`` object (whole and as a stream chunk). A choice's ``logprobs`` is null unless the request asked."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def chat_completion(model: str, choices: list[tuple[str | dict[str, Any], str]], prompt_tokens: int,
-                    completion_tokens: int, cid: str | None = None) -> dict[str, Any]:
-    """A ``chat.completion`` object; ``choices`` are (content or whole message, finish_reason) pairs."""
+                    completion_tokens: int, cid: str | None = None,
+                    logprobs: list[dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` object; ``choices`` are (content or whole message, finish_reason) pairs, ``logprobs``
+    each choice's logprobs object (None: not asked for)."""
+    logprobs = logprobs or [None] * len(choices)
     return {
         "id": cid or completion_id(),
         "object": "chat.completion",
@@ -26,7 +30,7 @@ def chat_completion(model: str, choices: list[tuple[str | dict[str, Any], str]],
         "model": model,
         "choices": [
             {"index": i, "message": reply if isinstance(reply, dict) else {"role": "assistant", "content": reply},
-             "finish_reason": reason}
+             "logprobs": logprobs[i], "finish_reason": reason}
             for i, (reply, reason) in enumerate(choices)
         ],
         "usage": usage(prompt_tokens, completion_tokens),
@@ -34,15 +38,34 @@ def chat_completion(model: str, choices: list[tuple[str | dict[str, Any], str]],
 
 
 def chat_chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish_reason: str | None = None,
-               usage_: dict[str, int] | None = None) -> dict[str, Any]:
-    """One ``chat.completion.chunk``; the last one carries ``finish_reason`` (and ``usage``)."""
+               usage_: dict[str, int] | None = None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One ``chat.completion.chunk``; the last one carries ``finish_reason`` (and ``usage``); ``logprobs`` those of
+    the tokens whose text ``delta`` carries."""
     chunk: dict[str, Any] = {
         "id": cid,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
     if usage_ is not None:
         chunk["usage"] = usage_
     return chunk
+
+
+def text_completion(model: str, choices: list[tuple[str, str | None, dict[str, Any] | None]],
+                    usage_: dict[str, int] | None, cid: str | None = None, created: int | None = None
+                    ) -> dict[str, Any]:
+    """A ``text_completion`` object (also each chunk of a streamed one); ``choices`` are (text, finish_reason,
+    logprobs) triples, indexed in order."""
+    body: dict[str, Any] = {
+        "id": cid or f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": created if created is not None else int(time.time()),
+        "model": model,
+        "choices": [{"text": text, "index": i, "logprobs": logprobs, "finish_reason": reason}
+                    for i, (text, reason, logprobs) in enumerate(choices)],
+    }
+    if usage_ is not None:
+        body["usage"] = usage_
+    return body

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 ROLES = ("system", "user", "assistant", "developer", "tool")  # developer is OpenAI's newer name for system
 MAX_STOP_SEQUENCES = 4
 MAX_N = 8
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 Role = Literal["system", "user", "assistant", "developer", "tool"]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -121,8 +122,10 @@ class _Options(_Strict):
     seed: int | None = Field(None, ge=0)
     stream: bool = False
     model: str | None = None  # the server answers with the model it serves, whatever is asked for
+    logprobs: bool | None = None  # each reply token's log-probability (see chatpack.engine.logprobs)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # and its step's most likely alternatives
 
-    @field_validator("max_tokens", "top_k", "n", "seed", mode="before")
+    @field_validator("max_tokens", "top_k", "n", "seed", "top_logprobs", mode="before")
     @classmethod
     def _integral_float(cls, value: Any) -> Any:
         return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -156,6 +159,8 @@ class PromptBody(_Options):
     """The raw-prompt form: ``prompt`` is already in the model's chat format."""
 
     prompt: NonEmptyStr
+    # Answer with an OpenAI ``text_completion`` object (text, finish_reason, logprobs, usage) instead of the string.
+    text_completion: bool | None = None
 
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (ToolCallFunction, MessageToolCall, ChatMessage, StreamOptions, ChatBody,

@@ -42,6 +42,8 @@ EXPECTED = {
     "stream_options": 'an object such as {"include_usage": true}',
     "stream_options.include_usage": "true or false",
     "model": "a string",
+    "logprobs": "true or false",
+    "text_completion": "true or false",
     "user": "a string",
 }
 _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}

@@ -3,6 +3,11 @@
 Input: OpenAI chat-completions requests (``messages`` + options) or the raw-prompt form (``prompt``: a string already
 in the model's chat format); one reply per input row. ``predict`` answers chat rows with ``chat.completion`` dicts and
 prompt rows with the generated string; ``predict_stream`` yields ``chat.completion.chunk`` dicts (prompt form: strings).
+A prompt row that sets ``"text_completion": true`` is answered with an OpenAI ``text_completion`` object instead
+(``choices`` with ``text``, ``finish_reason`` and legacy-shaped ``logprobs``; ``usage``), streamed as
+``text_completion`` chunks (the last one carries ``finish_reason`` and ``usage``): what ``serve``'s
+``/v1/completions`` wraps. ``logprobs``/``top_logprobs`` (both forms) report each token's log-probability under the
+model's own distribution (:mod:`chatpack.engine.logprobs`).
 Bad requests raise :class:`~chatpack.protocol.errors.RequestError`, an ``MlflowException`` (HTTP 400 when served) whose
 ``param`` names the field.
 
@@ -23,15 +28,18 @@ import mlflow
 
 from chatpack.engine.chat_engine import ContextOverflow, OnnxChatEngine, StreamState
 from chatpack.engine.guidance import GuidanceError, blame, build
+from chatpack.engine.logprobs import TokenLogprob, chat_logprobs, legacy_logprobs
 from chatpack.engine.tool_calls import ReplyReader
 from chatpack.protocol.chat_request import ChatRequest, GenerationOptions, parse_request
 from chatpack.protocol.errors import RequestError
-from chatpack.protocol.replies import chat_chunk, chat_completion, completion_id, usage
+from chatpack.protocol.replies import chat_chunk, chat_completion, completion_id, text_completion, usage
 
 ONNX_ARTIFACT_KEY = "onnx_model"
 # What the model's logging and the server agree on with this class:
 CONCURRENCY_KEY = "chatpack_concurrency"  # model metadata; "batched": safe to call from many threads at once
 THREADS_CONFIG_KEY = "threads"  # model_config: the engine's intra-op threads (0 or unset: onnxruntime's default)
+FEATURES_KEY = "chatpack_features"  # model metadata: what this code implements beyond the chat basics (FEATURES)
+FEATURES = ("logprobs", "text_completion")
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")
 T = TypeVar("T")
 
@@ -80,18 +88,30 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         options = self._options(request)
         pieces = self._constrained(request, lambda: self.engine.stream(prompt_ids, options, state))
         if request.prompt is not None:
-            yield from pieces
+            yield from (self._completion_chunks(pieces, state) if request.text_completion else pieces)
             return
         cid, created = completion_id(), int(time.time())
         reader = ReplyReader() if _calls_allowed(request) else None
+        taken = _Taken(state)
         yield chat_chunk(cid, self.model_name, created, {"role": "assistant", "content": ""})
         for piece in pieces:
             for delta in reader.feed(piece) if reader else [{"content": piece}]:
-                yield chat_chunk(cid, self.model_name, created, delta)
+                yield chat_chunk(cid, self.model_name, created, delta, logprobs=chat_logprobs(taken.new()))
         for delta in reader.close() if reader else []:
-            yield chat_chunk(cid, self.model_name, created, delta)
+            yield chat_chunk(cid, self.model_name, created, delta, logprobs=chat_logprobs(taken.new()))
         yield chat_chunk(cid, self.model_name, created, {}, _finish_reason(state.finish_reason, reader),
-                         usage(state.prompt_tokens, state.completion_tokens))
+                         usage(state.prompt_tokens, state.completion_tokens), chat_logprobs(taken.new(last=True)))
+
+    def _completion_chunks(self, pieces: Iterator[str], state: StreamState) -> Iterator[dict[str, Any]]:
+        """A raw-prompt stream as ``text_completion`` chunks (legacy logprobs, offsets into the whole text)."""
+        cid, created, taken, offset = completion_id().replace("chatcmpl-", "cmpl-"), int(time.time()), _Taken(state), 0
+        for piece in pieces:
+            yield text_completion(self.model_name, [(piece, None, legacy_logprobs(taken.new(), offset))], None, cid,
+                                  created)
+            offset += len(piece)
+        yield text_completion(self.model_name, [("", state.finish_reason or "length",
+                                                 legacy_logprobs(taken.new(last=True), offset))],
+                              usage(state.prompt_tokens, state.completion_tokens), cid, created)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _prompt_ids(self, request: ChatRequest) -> list[int]:
@@ -122,13 +142,35 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         prompt_ids, options = self._prompt_ids(request), self._options(request)
         results = [self._constrained(request, lambda: self.engine.complete(prompt_ids, options))
                    for _ in range(request.options.n)]
+        completion_tokens = sum(r.completion_tokens for r in results)
+        if request.prompt is not None and request.text_completion:
+            return text_completion(self.model_name, [(r.text, r.finish_reason, legacy_logprobs(r.logprobs))
+                                                     for r in results], usage(len(prompt_ids), completion_tokens))
         if request.prompt is not None:
             return results[0].text if request.options.n == 1 else [r.text for r in results]
         choices: list[tuple[Any, str]] = [(r.text, r.finish_reason) for r in results]
         if _calls_allowed(request):
             choices = [_tool_reply(r.text, r.finish_reason) for r in results]
         return chat_completion(self.model_name, choices, prompt_tokens=len(prompt_ids),
-                               completion_tokens=sum(r.completion_tokens for r in results))
+                               completion_tokens=completion_tokens,
+                               logprobs=[chat_logprobs(r.logprobs) for r in results])
+
+
+class _Taken:
+    """The logprob entries of a streaming reply not yet sent (``state.logprobs`` grows as text is emitted); None
+    throughout when the request did not ask for logprobs."""
+
+    def __init__(self, state: StreamState):
+        self.state, self.sent = state, 0
+
+    def new(self, last: bool = False) -> list[TokenLogprob] | None:
+        entries = self.state.logprobs
+        if entries is None:
+            return None
+        if not last and len(entries) == self.sent:
+            return []
+        out, self.sent = entries[self.sent:], len(entries)
+        return out
 
 
 def _calls_allowed(request: ChatRequest) -> bool:

@@ -1,0 +1,107 @@
+"""OpenAI's text-completions request (``POST /v1/completions``): the strict request model and its model rows.
+
+The prompt is raw text: no chat template (as OpenAI's legacy endpoint). ``prompt`` is a string or a non-empty list of
+strings (one choice per prompt and ``n``, in that order); ``max_tokens`` defaults to :data:`DEFAULT_MAX_TOKENS` (16,
+OpenAI's default); ``logprobs`` is the legacy integer (0-5 alternatives per token). Fields that would change the
+reply in ways not implemented are refused by name unless they hold their neutral value: ``echo`` (true),
+``suffix``, ``best_of`` (> 1), ``logit_bias`` (non-empty), ``frequency_penalty``/``presence_penalty`` (non-zero).
+Each prompt becomes one raw-prompt row for the pyfunc with ``"text_completion": true`` (see
+:mod:`chatpack.flavours.onnx_chat.pyfunc_model`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chatpack.protocol.errors import RequestError
+from chatpack.protocol.request_model import MAX_N, MAX_STOP_SEQUENCES, StreamOptions, present
+from chatpack.protocol.validation_text import explain
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+MAX_LOGPROBS = 5  # OpenAI's bound for the legacy logprobs
+MAX_PROMPTS = 16
+_PROMPT = f"a non-empty string or a non-empty list of at most {MAX_PROMPTS} non-empty strings"
+
+
+class CompletionBody(BaseModel):
+    """An OpenAI text-completions request (the fields we implement, and the refused ones by name)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    prompt: str | list[str]
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
+    seed: int | None = Field(None, ge=0)
+    n: int | None = Field(None, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    user: str | None = None
+    model: str | None = None
+    # Not implemented: accepted at their neutral value only (clients send the defaults explicitly).
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+    logit_bias: dict[str, Any] | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+
+    @field_validator("max_tokens", "seed", "n", "logprobs", "best_of", mode="before")
+    @classmethod
+    def _integral_float(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompts: list[str]
+    n: int
+    stream: bool
+    include_usage: bool
+    rows: list[dict[str, Any]]  # one pyfunc row per prompt
+
+
+def _refuse_unimplemented(body: CompletionBody) -> None:
+    neutral = {"echo": body.echo in (None, False), "suffix": not body.suffix, "best_of": body.best_of in (None, 1),
+               "logit_bias": not body.logit_bias, "frequency_penalty": not body.frequency_penalty,
+               "presence_penalty": not body.presence_penalty}
+    for name, ok in neutral.items():
+        if not ok:
+            raise RequestError(name, f"{name}: not implemented by this server; leave it out (or at its default)")
+
+
+def parse_completion(body: Any) -> CompletionRequest:
+    """Validate a ``/v1/completions`` body; bad ones raise :class:`RequestError` naming the field."""
+    if not isinstance(body, dict):
+        raise RequestError(None, f"request: expected a JSON object, got {type(body).__name__}")
+    body = present(body)
+    try:
+        request = CompletionBody.model_validate(body)
+    except ValidationError as exc:
+        param, message = explain(exc, CompletionBody)
+        if param == "prompt":
+            message = f"prompt: required ({_PROMPT})" if "prompt" not in body else f"prompt: expected {_PROMPT}"
+        raise RequestError(param, message) from None
+    _refuse_unimplemented(request)
+    prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+    if not prompts or len(prompts) > MAX_PROMPTS or any(not p for p in prompts):
+        raise RequestError("prompt", f"prompt: expected {_PROMPT}")
+    row: dict[str, Any] = {"text_completion": True, "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS}
+    for key in ("temperature", "top_p", "stop", "seed"):
+        if getattr(request, key) is not None:
+            row[key] = getattr(request, key)
+    if request.logprobs is not None:
+        row |= {"logprobs": True, "top_logprobs": request.logprobs}
+    include_usage = bool(request.stream_options and request.stream_options.include_usage)
+    return CompletionRequest(prompts, request.n or 1, request.stream, include_usage,
+                             [{"prompt": p, **row} for p in prompts])

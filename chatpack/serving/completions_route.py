@@ -1,0 +1,141 @@
+"""``POST /v1/completions``: OpenAI's text completions over the served model's raw-prompt form.
+
+Each prompt (a string, or a list: one choice per prompt and ``n``, ``index`` in that order) is sent to the pyfunc as a
+raw-prompt row with ``"text_completion": true`` (:mod:`chatpack.serving.completion_request`), which answers with a
+``text_completion`` object (text, ``finish_reason``, legacy ``logprobs``, ``usage``); this route merges those into one
+reply under one ``cmpl-`` id, with the served model's name and summed usage. ``"stream": true`` answers Server-Sent
+Events of ``text_completion`` chunks, the choices one after another, ending with ``data: [DONE]``; with
+``stream_options.include_usage`` a last chunk with no choices carries ``usage``.
+
+Only models that declare ``text_completion`` in their features (ONNX models logged by chatpack) are asked; others
+are refused naming ``prompt`` rather than answered without ``finish_reason`` and ``usage``. One request is admitted
+once, whatever its number of prompts; its prompts run one after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from chatpack.protocol.errors import RequestError
+from chatpack.protocol.replies import text_completion, usage
+from chatpack.serving.chat_payload import model_features
+from chatpack.serving.completion_request import CompletionRequest, parse_completion
+from chatpack.serving.generation import as_error, error_event, error_response, sse
+from chatpack.serving.served_model import ServedModel
+
+ROUTE = "/v1/completions"
+
+
+def check_completions(served: ServedModel) -> None:
+    if "text_completion" not in model_features(served):
+        flavour = getattr(served, "flavour", None) or "pyfunc"
+        raise RequestError("prompt", f"prompt: this model ({flavour} flavour) does not answer text completions; "
+                                     "/v1/completions needs an ONNX model logged by chatpack (see README, "
+                                     "Text completions); use /v1/chat/completions")
+
+
+def merged(name: str, replies: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-prompt ``text_completion`` replies as one, choices renumbered in order, usage summed."""
+    choices = [(c["text"], c["finish_reason"], c.get("logprobs")) for r in replies for c in r["choices"]]
+    prompt_tokens = sum(r["usage"]["prompt_tokens"] for r in replies)
+    completion_tokens = sum(r["usage"]["completion_tokens"] for r in replies)
+    return text_completion(name, choices, usage(prompt_tokens, completion_tokens))
+
+
+def register(app: FastAPI, served: ServedModel) -> None:
+    """Add ``POST /v1/completions`` to ``app``."""
+
+    @app.post(ROUTE)
+    async def completions(request: Request):
+        if served.model is None:
+            return error_response(503, "model is loading" if not served.load_error else served.load_error)
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError as exc:
+            return error_response(400, f"request body: not valid JSON ({exc})")
+        try:
+            completion = parse_completion(body)
+            check_completions(served)
+        except RequestError as exc:
+            return as_error(exc)
+        if not served.admit():
+            return error_response(429, f"server busy: {served.queue_size} requests already queued; retry later")
+        if completion.stream:
+            return await _stream(completion)
+        loop = asyncio.get_running_loop()
+        try:
+            rows = [{**row, "n": completion.n} if completion.n > 1 else row for row in completion.rows]
+            replies = await loop.run_in_executor(served.executor, lambda: [served.predict(r)[0] for r in rows])
+        except Exception as exc:
+            return as_error(exc)
+        finally:
+            served.release()
+        return JSONResponse(merged(served.name, replies))
+
+    async def _stream(completion: CompletionRequest):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def put(item: tuple[str, Any]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def produce() -> None:
+            totals = [0, 0]
+            try:
+                index = 0
+                for row in completion.rows:
+                    for _ in range(completion.n):
+                        with served.serial:
+                            chunks = served.model.predict_stream(row)
+                            try:
+                                for chunk in chunks:
+                                    if cancel.is_set():
+                                        return
+                                    used = chunk.pop("usage", None)
+                                    if used:
+                                        totals[0] += used["prompt_tokens"]
+                                        totals[1] += used["completion_tokens"]
+                                    choice = {**chunk["choices"][0], "index": index}
+                                    put(("chunk", {**chunk, "id": cid, "created": created, "model": served.name,
+                                                   "choices": [choice]}))
+                            finally:
+                                chunks.close()  # ends generation and frees the model
+                        index += 1
+                if completion.include_usage:
+                    put(("chunk", text_completion(served.name, [], usage(*totals), cid, created)))
+            except Exception as exc:
+                put(("error", exc))
+            finally:
+                served.release()
+                put(("done", None))
+
+        loop.run_in_executor(served.executor, produce)
+        first = await queue.get()
+        if first[0] == "error":
+            return as_error(first[1])
+
+        async def events() -> AsyncIterator[str]:
+            item = first
+            try:
+                while item[0] != "done":
+                    data = error_event(item[1]) if item[0] == "error" else item[1]
+                    yield f"data: {json.dumps(data)}\n\n"
+                    if item[0] == "error":
+                        break
+                    item = await queue.get()
+                yield "data: [DONE]\n\n"
+            finally:
+                cancel.set()  # the client went away, or we are done: stop generating
+
+        return sse(events())
