@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from chatpack.protocol.chat_request import parse_request
 from chatpack.protocol.errors import RequestError
 from chatpack.serving.chat_payload import check_structured, model_payload
+from chatpack.serving.completions_route import register as register_completions
 from chatpack.serving.generation import as_error, error_event, error_response, sse, stream_chunks, whole_reply
 from chatpack.serving.metrics import CONTENT_TYPE, ServerMetrics
 from chatpack.serving.observer import RequestObserver
@@ -119,6 +120,7 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
 
         return sse(events())
 
+    register_completions(app, served)
     return app
 
 
