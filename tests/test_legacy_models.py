@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import openai
 import pytest
 from mlflow.tracking import MlflowClient
 from openai import OpenAI
@@ -70,6 +71,19 @@ def test_model_logged_before_the_new_layout_answers_under_todays_serve(legacy_mo
     # The model ran its own (old) code; the server's modules are back in place afterwards.
     assert type(served.model.unwrap_python_model()).__module__ == "chatpack.onnx_pyfunc"
     assert "chatpack.onnx_pyfunc" not in sys.modules and "chatpack.serving.served_model" in sys.modules
+
+
+def test_logprobs_and_text_completions_are_refused_by_name_for_a_model_logged_without_them(legacy_model_uri):
+    served = ServedModel(legacy_model_uri)
+    served.load()
+    api_calls = {"logprobs": lambda api: api.chat.completions.create(model="any", messages=MESSAGES, logprobs=True),
+                 "prompt": lambda api: api.completions.create(model="any", prompt="Hello")}
+    with serve_in_thread(served, load=False) as base:
+        api = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        for param, call in api_calls.items():
+            with pytest.raises(openai.BadRequestError) as err:
+                call(api)
+            assert err.value.body["param"] == param and "logged by chatpack" in err.value.body["message"]
 
 
 def test_todays_model_loads_its_own_runtime_copy_under_serve(fixture_fetch_run):

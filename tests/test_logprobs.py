@@ -13,7 +13,13 @@ from chatpack.engine.chat_engine import OnnxChatEngine, StreamState
 from chatpack.engine.logprobs import chat_logprobs, legacy_logprobs, log_softmax, top_k
 from chatpack.protocol.chat_request import GenerationOptions
 from chatpack.protocol.reply_format import Guidance
-from tests.test_onnx_engine import chat, engine, onnx_dir, queued, streamed  # noqa: F401  (module fixtures)
+from chatpack.sources.fetch import fetched_model
+from tests.test_onnx_engine import chat, queued, streamed
+
+
+@pytest.fixture(scope="module")
+def engine(fixture_fetch_run) -> OnnxChatEngine:
+    return OnnxChatEngine(fetched_model(fixture_fetch_run).onnx_dir)
 
 
 def test_log_softmax_of_a_step_is_a_distribution_and_top_k_is_sorted():

@@ -9,9 +9,17 @@ import urllib.request
 import openai
 import pytest
 
-from tests.test_server import MESSAGES, client, onnx_server  # noqa: F401  (module fixture: one server here)
+from steps import log_onnx_pyfunc
+from tests.test_server import MESSAGES, client, logged, serve_cli
 
 PROMPT = "<|user|>\nSay something.<|end|>\n<|assistant|>\n"
+
+
+@pytest.fixture(scope="module")
+def onnx_server(fixture_fetch_run):
+    uri = logged(log_onnx_pyfunc, fixture_fetch_run, "--max_new_tokens", "16")
+    with serve_cli(uri) as base:
+        yield base, uri
 
 
 def test_chat_logprobs_are_greedy_maxima_that_join_to_the_reply(onnx_server):

@@ -76,6 +76,8 @@ def test_replies_stream_token_by_token_and_equal_the_flavours_own_greedy_reply(s
         ({"messages": [{"role": "user", "content": "word " * 600}]}, "messages"),  # context: 512 tokens
         ({"messages": [{"role": "user", "content": "word " * 600}], "stream": True}, "messages"),
         ({"messages": MESSAGES, "n": 2, "stream": True}, "n"),
+        ({"messages": MESSAGES, "logprobs": True}, "logprobs"),  # not implemented for this flavour: refused
+        ({"messages": MESSAGES, "logprobs": True, "stream": True}, "logprobs"),
     ],
 )
 def test_bad_requests_get_400_naming_the_field(server, kwargs, param):
@@ -86,6 +88,12 @@ def test_bad_requests_get_400_naming_the_field(server, kwargs, param):
     assert err.value.body["message"].startswith(param)
     if "word" in str(kwargs):
         assert "context is 512 tokens" in err.value.body["message"]
+
+
+def test_text_completions_are_refused_naming_prompt(server):
+    with pytest.raises(openai.BadRequestError) as err:
+        client(server).completions.create(model="m", prompt="Hello")
+    assert err.value.body["param"] == "prompt" and "transformers flavour" in err.value.body["message"]
 
 
 def test_n_gives_that_many_choices(server):
