@@ -93,6 +93,20 @@ def test_raw_prompt_form_over_http(onnx_endpoint, fixture_fetch_run):
     assert status == 200 and body == [chat[0]["choices"][0]["message"]["content"]]
 
 
+def test_logprobs_and_text_completion_rows_pass_mlflows_schema(onnx_endpoint):
+    """The signature declares logprobs, top_logprobs and text_completion: they reach the model."""
+    status, body, _ = post(onnx_endpoint, {"messages": ONE, "max_tokens": 3, "logprobs": True, "top_logprobs": 2})
+    assert status == 200
+    content = body[0]["choices"][0]["logprobs"]["content"]
+    assert len(content) == 3 and all(len(e["top_logprobs"]) == 2 for e in content)
+    status, body, _ = post(onnx_endpoint, {"prompt": "Hello", "max_tokens": 3, "text_completion": True,
+                                           "logprobs": True})
+    assert status == 200 and body[0]["object"] == "text_completion"
+    choice = body[0]["choices"][0]
+    assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
+    assert len(choice["logprobs"]["tokens"]) == body[0]["usage"]["completion_tokens"] >= 1
+
+
 BAD = [
     (b"{not json", None),
     ({"temperature": 0.5}, "dataframe_split"),  # no messages/prompt: MLflow's own protocol error lists input keys
