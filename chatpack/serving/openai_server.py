@@ -35,6 +35,7 @@ from chatpack.serving.completions_route import register as register_completions
 from chatpack.serving.generation import as_error, error_event, error_response, sse, stream_chunks, whole_reply
 from chatpack.serving.metrics import CONTENT_TYPE, ServerMetrics
 from chatpack.serving.observer import RequestObserver
+from chatpack.serving.responses_route import register as register_responses
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE, ServedModel, limit_malloc_arenas
 from chatpack.serving.trace_export import TraceExporter
 from chatpack.serving.tracing import TraceSettings
@@ -120,6 +121,7 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
 
         return sse(events())
 
+    register_responses(app, served)
     register_completions(app, served)
     return app
 
