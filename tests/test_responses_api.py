@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+import uuid
 from enum import Enum
 
 import jsonschema
@@ -17,8 +18,10 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
 from chatpack.serving.served_model import ServedModel
+from chatpack.serving.tracing import TraceSettings
 from steps import log_onnx_pyfunc, log_transformers
 from tests.conftest import wait_for_http
+from tests.test_serve_observability import serving, spans_by_name, traces_of
 from tests.test_server import client, logged, raw, serve_in_thread
 
 UNIT = {"type": "object", "properties": {"unit": {"enum": ["celsius", "fahrenheit"]}, "ok": {"type": "boolean"}},
@@ -48,9 +51,13 @@ class Setting(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def base(fixture_fetch_run):
-    uri = logged(log_onnx_pyfunc, fixture_fetch_run, "--model_name", "tiny-responses", "--max_new_tokens", "40")
-    with serve_in_thread(ServedModel(uri)) as url:
+def tiny_uri(fixture_fetch_run) -> str:
+    return logged(log_onnx_pyfunc, fixture_fetch_run, "--model_name", "tiny-responses", "--max_new_tokens", "40")
+
+
+@pytest.fixture(scope="module")
+def base(tiny_uri):
+    with serve_in_thread(ServedModel(tiny_uri)) as url:
         wait_for_http(url + "/health", timeout=120)
         yield url
 
@@ -275,6 +282,29 @@ def test_errors_of_the_chat_checks_name_the_responses_path(base):
     with pytest.raises(openai.BadRequestError) as err:
         client(base).responses.create(model="m", input="x", store=True)
     assert err.value.body["param"] == "store"
+
+
+def test_responses_requests_are_traced_and_counted(tiny_uri):
+    experiment = f"responses-{uuid.uuid4().hex[:8]}"
+    served, running = serving(tiny_uri, TraceSettings(experiment=experiment))
+    with running as url:
+        whole = client(url).responses.create(model="m", input="Say something.", max_output_tokens=5)
+        streamed = list(client(url).responses.create(model="m", input="Say something.", max_output_tokens=6,
+                                                     stream=True))
+        raw("POST", url + "/v1/responses", json.dumps({"input": "x", "store": True}).encode())
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+            metrics = resp.read().decode()
+    traces = traces_of(experiment, served.model_id, expected=3)
+    first, second, refused = (spans_by_name(t)["responses"] for t in traces)
+    assert first.inputs["messages"] == [{"role": "user", "content": "Say something."}]
+    assert first.inputs["max_tokens"] == 5 and first.attributes["http.route"] == "/v1/responses"
+    assert first.outputs["output"][0]["content"][0]["text"] == whole.output_text
+    assert first.outputs["status"] == "incomplete" and first.outputs["usage"]["output_tokens"] == 5
+    assert second.outputs["output"][0]["content"][0]["text"] == streamed[-1].response.output_text
+    assert second.attributes["chatpack.stream"] is True
+    assert refused.attributes["http.response.status_code"] == 400 and refused.outputs["error"].startswith("store")
+    assert 'chatpack_requests_total{route="/v1/responses",status="200"} 2.0' in metrics
+    assert 'chatpack_requests_total{route="/v1/responses",status="400"} 1.0' in metrics
 
 
 @pytest.mark.e2e

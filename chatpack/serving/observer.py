@@ -3,8 +3,9 @@
 For each HTTP request it opens a :class:`~chatpack.serving.request_context.RequestContext` (the current one while
 the request is answered, also in the threads that generate its reply), notes the response status and, for errors, the
 message sent; once the last byte has gone out it counts the request in :class:`~chatpack.serving.metrics.
-ServerMetrics` and hands chat requests to the :class:`~chatpack.serving.trace_export.TraceExporter`. Nothing here waits
-for the tracking store: traces are built and exported by another process.
+ServerMetrics` and hands every request that runs the model (``POST`` to one of :data:`TRACED_ROUTES`: chat
+completions, text completions, responses) to the :class:`~chatpack.serving.trace_export.TraceExporter`. Nothing here
+waits for the tracking store: traces are built and exported by another process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from chatpack.serving.request_context import RequestContext, begin, end
 from chatpack.serving.trace_export import TraceExporter
 
 CHAT_ROUTE = "/v1/chat/completions"
+TRACED_ROUTES = (CHAT_ROUTE, "/v1/completions", "/v1/responses")  # every route that runs the model
 MAX_BODY = 1 << 20  # bytes of a request body kept for its trace (a larger body is recorded cut short)
 
 
@@ -31,7 +33,7 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         context = RequestContext(route=route_label(scope["path"]), method=scope["method"])
-        traced = self.tracer is not None and context.route == CHAT_ROUTE and context.method == "POST"
+        traced = self.tracer is not None and context.route in TRACED_ROUTES and context.method == "POST"
         body, error = bytearray(), bytearray()
 
         async def receive_body() -> dict:

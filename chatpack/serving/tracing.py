@@ -2,10 +2,12 @@
 
 Traces go to the tracking store (``MLFLOW_TRACKING_URI``), experiment ``--experiment`` (default ``chatpack-serve``),
 with the trace metadata ``mlflow.modelId`` set to the served model's id, so ``mlflow.search_traces(model_id=...)``
-finds them. One trace per ``POST /v1/chat/completions`` (also the refused ones: 400, 429, 503):
+finds them. One trace per ``POST /v1/chat/completions``, ``/v1/completions`` or ``/v1/responses`` (also the refused
+ones: 400, 429, 503):
 
-- the root span ``chat.completions`` (``CHAT_MODEL``): inputs are the request (messages and the options the caller
-  set), outputs the reply in OpenAI's shape, as MLflow's own chat integrations record them; attributes follow
+- the root span ``chat.completions`` (``completions``, ``responses``; ``CHAT_MODEL``): inputs are the model input
+  (messages and the options the caller set; the request body for a request refused before it), outputs the reply
+  in the route's OpenAI shape, as MLflow's own chat integrations record them; attributes follow
   OpenTelemetry's GenAI names (``gen_ai.request.max_tokens``/``temperature``/``top_p``/``top_k``/``seed``/
   ``stop_sequences``, ``gen_ai.usage.input_tokens``/``output_tokens``, ``gen_ai.response.finish_reasons``) plus
   ``http.response.status_code``, ``chatpack.stream``, ``chatpack.flavour``, ``chatpack.time_to_first_token_s`` and
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "chatpack-serve"
 ROOT_SPAN = "chat.completions"
+# The root span of each traced route (what the request asked for); a route not listed gets ROOT_SPAN.
+ROOT_SPANS = {"/v1/chat/completions": ROOT_SPAN, "/v1/completions": "completions", "/v1/responses": "responses"}
 # MLflow's async export in the exporter process, unless set otherwise: 2 threads (MLflow's default is 10, each with
 # its own store connection) and spans of several traces per store call (sqlite store: 21 ms CPU a trace, not 31).
 EXPORT_DEFAULTS = {"MLFLOW_ASYNC_TRACE_LOGGING_MAX_WORKERS": "2",
@@ -114,8 +118,26 @@ def request_inputs(record: TraceRecord, record_text: bool) -> Any:
 
 
 def reply_outputs(record: TraceRecord, record_text: bool) -> dict[str, Any]:
+    """The reply in the shape of the route's own reply (chat completion, text completion or Response), as far as the
+    record holds it (the text, finish reason and usage)."""
     if record.error is not None and record.status != 200:
         return {"error": record.error}
+    if record.route == "/v1/responses":
+        status = "incomplete" if record.finish_reason == "length" else "completed"
+        part = {"type": "output_text", "text": record.reply_text} if record_text else {"type": "output_text"}
+        out = {"object": "response", "status": status, "output": [{"type": "message", "role": "assistant",
+                                                                     "content": [part]}]}
+        if record.prompt_tokens is not None:
+            out["usage"] = token_usage(record)
+        return out
+    if record.route == "/v1/completions":
+        choice = {"index": 0, "finish_reason": record.finish_reason}
+        if record_text:
+            choice["text"] = record.reply_text
+        out = {"object": "text_completion", "choices": [choice]}
+        if record.prompt_tokens is not None:
+            out["usage"] = token_usage(record, openai=True)
+        return out
     message: dict[str, Any] = {"role": "assistant"}
     if record_text:
         message["content"] = record.reply_text
@@ -172,7 +194,8 @@ def record_trace(record: TraceRecord, settings: TraceSettings, experiment: str) 
 
     text = settings.record_text
     metadata = {"mlflow.modelId": record.model_id} if record.model_id else None
-    root = mlflow.start_span_no_context(ROOT_SPAN, span_type="CHAT_MODEL", inputs=request_inputs(record, text),
+    root_name = ROOT_SPANS.get(record.route, ROOT_SPAN)
+    root = mlflow.start_span_no_context(root_name, span_type="CHAT_MODEL", inputs=request_inputs(record, text),
                                         metadata=metadata, experiment_id=experiment, start_time_ns=record.start_ns)
     for name, kind, start, end in phases(record):
         attributes = {"gen_ai.usage.output_tokens": record.completion_tokens or 0} if name == "decode" else None
