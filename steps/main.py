@@ -3,15 +3,16 @@
 Inputs (MLproject params, same names as the flags): ``model``, ``revision``, ``precision``, ``execution_provider``,
 ``block_size``, ``accuracy_level`` (as in ``fetch_model``), ``registered_model_name`` (``auto`` = derived from the
 model, e.g. ``Phi-3-mini-4k-instruct-chat``; empty = no registry), ``eval_data``, ``max_new_tokens``,
-``quality_tolerance`` (as in ``evaluate``), ``recipes`` (fetch_model's ``recipe``), ``damage``/``damage_tokens``
-(as in ``fetch_model``) and ``force`` (true = rerun every step).
+``quality_tolerance`` (as in ``evaluate``), ``recipes`` (comma-separated fetch_model recipes: a sweep, one ONNX model
+per recipe), ``damage``/``damage_tokens`` (as in ``fetch_model``) and ``force`` (true = rerun every step).
 
 Each step runs through ``mlflow.run(..., env_manager="local")`` as a child run of this one, passing only run ids. A
 step is skipped, and its earlier run reused, when a FINISHED run exists with the same entry point, the same
 parameters as MLflow logged them and the same code version (tag ``chatpack.code_version``).
 
-Outputs, on this run (tag ``chatpack.step=main``): tags ``chatpack.run.<step>`` (the run id each step used),
-``chatpack.reused_steps``; metric ``steps_reused``. The evaluate run holds the comparison and the champion.
+Outputs, on this run (tag ``chatpack.step=main``): tags ``chatpack.run.<step>`` (the run id each step used; in a sweep
+also ``chatpack.run.fetch_model.<recipe>`` and ``chatpack.run.log_onnx_pyfunc.<recipe>``), ``chatpack.reused_steps``;
+metric ``steps_reused``. The evaluate run holds the comparison, the sweep table and plot, and the champion.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Max quality deficit (0-1) the faster flavour may have and still win.")
     p.add_argument("--force", type=common.str2bool, default=False, help="true: rerun every step, reuse nothing.")
     p.add_argument("--recipes", default=d.recipes,
-                   help="Quantisation recipe for the ONNX build (as fetch_model's recipe).")
+                   help="ONNX recipes, comma-separated (each as fetch_model's recipe): one ONNX model per recipe, all "
+                        "evaluated against the transformers model (a sweep).")
     p.add_argument("--damage", type=common.str2bool, default=d.damage,
                    help="Damage report of each ONNX build against the transformers model (true/false).")
     p.add_argument("--damage_tokens", type=int, default=d.damage_tokens,

@@ -158,11 +158,15 @@ def test_code_version_changes_when_a_file_in_any_subpackage_changes(tmp_path, ed
     assert code_version(project) != before
 
 
+def children_of(run_id: str) -> list:
+    return mlflow.search_runs(filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'", output_format="list")
+
+
 @pytest.mark.e2e
-def test_mlflow_run_main_chains_four_children_then_reuses_them_then_forces(tmp_path):
+def test_mlflow_run_main_chains_four_children_then_reuses_them_then_sweeps_then_forces(tmp_path):
     project = copy_project(tmp_path / "project")
     params = {"model": FIXTURE_MODEL, "max_new_tokens": "4", "registered_model_name": "e2e-tiny",
-              "eval_data": small_eval_set(tmp_path / "subset.jsonl")}
+              "eval_data": small_eval_set(tmp_path / "subset.jsonl"), "recipes": "default"}
 
     def last_main():
         return mlflow.search_runs(filter_string="tags.`chatpack.step` = 'main'", order_by=["start_time DESC"],
@@ -171,9 +175,7 @@ def test_mlflow_run_main_chains_four_children_then_reuses_them_then_forces(tmp_p
     first = mlflow_run(project, "main", params)
     assert first.returncode == 0, first.stderr[-4000:]
     parent = last_main()
-    children = mlflow.search_runs(filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  output_format="list")
-    assert sorted(c.data.tags["mlflow.project.entryPoint"] for c in children) == \
+    assert sorted(c.data.tags["mlflow.project.entryPoint"] for c in children_of(parent.info.run_id)) == \
         ["evaluate", "fetch_model", "log_onnx_pyfunc", "log_transformers"]
     assert parent.data.metrics["steps_reused"] == 0
     assert set(MlflowClient().get_registered_model("e2e-tiny").aliases) == {"champion", "challenger"}
@@ -184,8 +186,23 @@ def test_mlflow_run_main_chains_four_children_then_reuses_them_then_forces(tmp_p
     assert rerun.data.metrics["steps_reused"] == 4
     assert rerun.data.tags["chatpack.run.evaluate"] == parent.data.tags["chatpack.run.evaluate"]
 
-    third = mlflow_run(project, "main", {**params, "force": "true"})
-    assert third.returncode == 0, third.stderr[-4000:]
+    # A sweep: the default recipe's runs are reused, the new recipe gets its own fetch and ONNX model, and one
+    # evaluate run compares both ONNX models with the transformers model.
+    sweep = mlflow_run(project, "main", {**params, "recipes": "default,int8"})
+    assert sweep.returncode == 0, sweep.stderr[-4000:]
+    swept = last_main()
+    assert swept.data.tags["chatpack.reused_steps"] == \
+        "fetch_model[default],log_transformers,log_onnx_pyfunc[default]"
+    assert sorted(c.data.tags["mlflow.project.entryPoint"] for c in children_of(swept.info.run_id)) == \
+        ["evaluate", "fetch_model", "log_onnx_pyfunc"]
+    assert swept.data.tags["chatpack.run.fetch_model.default"] == parent.data.tags["chatpack.run.fetch_model"]
+    evaluated = MlflowClient().get_run(swept.data.tags["chatpack.run.evaluate"])
+    assert {"onnx_default_quality_score", "onnx_int8_quality_score", "onnx_int8_quality_gap_ci_high"} <= \
+        set(evaluated.data.metrics)
+    assert {"sweep.md", "pareto.png"} <= {a.path for a in MlflowClient().list_artifacts(evaluated.info.run_id)}
+
+    forced_run = mlflow_run(project, "main", {**params, "force": "true"})
+    assert forced_run.returncode == 0, forced_run.stderr[-4000:]
     forced = last_main()
     assert forced.data.metrics["steps_reused"] == 0
     assert forced.data.tags["chatpack.run.fetch_model"] != parent.data.tags["chatpack.run.fetch_model"]

@@ -11,12 +11,12 @@ token budget smaller than the corpus still covers every genre in the same propor
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 from typing import Callable
 
+from chatpack.evaluation.data import read_jsonl
 from chatpack.project import PROJECT_ROOT
 
 DEFAULT_CORPUS = PROJECT_ROOT / "data" / "damage_corpus.jsonl"
@@ -47,14 +47,7 @@ class Window:
 def load_corpus(path: str | Path = DEFAULT_CORPUS) -> list[Document]:
     """Read and check the corpus; errors name the line and the field."""
     docs, seen = [], set()
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"corpus: {path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+    for where, obj in read_jsonl(path, "corpus"):
         for key in ("id", "genre", "source", "text"):
             if not isinstance(obj.get(key), str) or not obj[key]:
                 raise ValueError(f"{where}: '{key}' must be a non-empty string")

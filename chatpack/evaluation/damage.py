@@ -190,6 +190,7 @@ def _windows(hf_dir: Path, settings: DamageSettings, window: int) -> list[Window
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    tokenizer.model_max_length = 10**9  # whole documents are encoded, then cut into windows: no length warning
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     return cut_windows(load_corpus(settings.corpus_path), encode, window, settings.tokens)
 

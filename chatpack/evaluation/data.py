@@ -12,6 +12,7 @@ others by whether the reply contains the reference), ``rules`` (see :mod:`chatpa
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,18 +38,23 @@ class EvalRow:
         return min(self.max_tokens, max_new_tokens) if self.max_tokens else max_new_tokens
 
 
+def read_jsonl(path: str | Path, label: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, object)`` per non-blank line of a JSONL file; ``where`` (``<label>: <path>:<line>``) starts every
+    error message about that line."""
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{label}: {path}:{number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+
+
 def load_eval_rows(path: str | Path) -> list[EvalRow]:
     """Read and validate a JSONL eval set; errors name the line and the field."""
     rows, seen = [], set()
-    lines = Path(path).read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"eval_data: {path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+    for where, obj in read_jsonl(path, "eval_data"):
         for key in ("id", "messages", "reference"):
             if key not in obj:
                 raise ValueError(f"{where}: missing '{key}'")

@@ -9,6 +9,7 @@ comparison.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from chatpack.evaluation import champion, quality, report
+from chatpack.evaluation import champion, quality, report, sweep
 from chatpack.evaluation.data import EvalRow
 from chatpack.evaluation.intervals import mean_interval
 from chatpack.evaluation.runner import FlavourRun, run_flavour
@@ -113,6 +114,30 @@ def resolve_model_uri(uri: str, run_id: str, param: str) -> str:
     return tags[MODEL_URI_TAG]
 
 
+def onnx_name(model_uri: str, index: int, count: int) -> str:
+    """``onnx`` for a single ONNX model; in a sweep ``onnx_<recipe>`` from the fetch run behind the model (the
+    LoggedModel's source run -> its ``fetch_run_id`` -> the tag ``chatpack.recipe``), else ``onnx_<n>``."""
+    if count == 1:
+        return "onnx"
+    recipe = ""
+    if model_uri.startswith("models:/m-"):
+        source = mlflow.get_logged_model(model_uri.removeprefix("models:/")).source_run_id
+        fetch_run_id = mlflow.get_run(source).data.params.get("fetch_run_id", "") if source else ""
+        recipe = mlflow.get_run(fetch_run_id).data.tags.get("chatpack.recipe", "") if fetch_run_id else ""
+    return "onnx_" + (re.sub(r"[^A-Za-z0-9]+", "_", recipe).strip("_") or str(index + 1))
+
+
+def candidate_uris(uris: list[str]) -> dict[str, str]:
+    """Name the ONNX models (see :func:`onnx_name`); a name met twice gets the model's position appended."""
+    if len(set(uris)) != len(uris):
+        raise StepInputError("onnx models: the same model is listed twice")
+    named: dict[str, str] = {}
+    for i, uri in enumerate(uris):
+        name = onnx_name(uri, i, len(uris))
+        named[name if name not in named else f"{name}_{i + 1}"] = uri
+    return named
+
+
 def evaluate_and_log(model_uris: dict[str, str], rows: list[EvalRow], eval_data: str, max_new_tokens: int,
                      quality_tolerance: float, registered_model_name: str) -> dict[str, Any]:
     """Run, score, compare, crown and log everything to the active run; return the summary. ``model_uris`` maps a
@@ -138,17 +163,22 @@ def evaluate_and_log(model_uris: dict[str, str], rows: list[EvalRow], eval_data:
     mlflow.set_tags({"chatpack.champion": decision.champion.name, "chatpack.champion_uri": decision.champion.model_uri,
                      "chatpack.champion_reason": decision.reason})
     mlflow.log_table(comparison_table(results, rows), "eval_rows.json")
-    markdown = report.report_markdown(summaries, agreements, decision, aliases, registered_model_name, len(rows),
-                                      eval_data, quality_tolerance)
+    damage = {name: sweep.logged_damage(uri) for name, uri in model_uris.items() if name != REFERENCE}
+    table = sweep.sweep_rows(summaries, damage, decision.verdicts, REFERENCE, decision.champion.name)
+    markdown = (report.report_markdown(summaries, agreements, decision, aliases, registered_model_name, len(rows),
+                                       eval_data, quality_tolerance)
+                + "\n## Speed against damage\n\n" + sweep.sweep_markdown(table) + "\n")
     summary = {"summaries": summaries, "agreement": agreements[focus.name], "agreements": agreements,
                "champion": decision.champion.name, "champion_uri": decision.champion.model_uri,
-               "reason": decision.reason, "aliases": aliases,
+               "reason": decision.reason, "aliases": aliases, "sweep": table,
                "verdicts": {n: {"gap": v.gap.value, "gap_ci": [v.gap.low, v.gap.high], "speedup": v.speedup,
                                 "non_inferior": v.non_inferior} for n, v in decision.verdicts.items()}}
+    mlflow.log_text(sweep.sweep_markdown(table) + "\n", "sweep.md")
     with tempfile.TemporaryDirectory() as tmp:
-        plot = Path(tmp) / "comparison.png"
-        report.comparison_plot(summaries, plot)
-        mlflow.log_artifact(str(plot))
+        for name, draw in (("comparison.png", lambda p: report.comparison_plot(summaries, p)),
+                           ("pareto.png", lambda p: sweep.pareto_plot(table, p))):
+            draw(Path(tmp) / name)
+            mlflow.log_artifact(str(Path(tmp) / name))
     mlflow.log_text(markdown, "eval_report.md")
     mlflow.log_dict(summary, "eval_summary.json")
     logger.info("\n%s\nchampion: %s (%s)", report.summary_markdown(summaries), decision.champion.name,

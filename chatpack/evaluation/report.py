@@ -21,6 +21,7 @@ SUMMARY_ROWS = [
     ("peak_rss_mb", "peak RSS (MB)", ".0f"),
     ("model_size_mb", "model size on disk (MB)", ".1f"),
     ("load_s", "load time (s)", ".2f"),
+    ("loadavg_1m", "machine load average while timed", ".1f"),
 ]
 
 

@@ -11,6 +11,9 @@ from typing import Any
 
 from chatpack.sources.fetch import FetchedModel
 
+# Declared (1) in the transformers model's model_config so that a load-time override reaches its pipeline:
+# ``mlflow.pyfunc.load_model(uri, model_config={"batch_size": 8})`` answers a DataFrame of rows in batches of 8.
+BATCH_SIZE_KEY = "batch_size"
 INPUT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16}
 
 

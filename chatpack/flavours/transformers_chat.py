@@ -16,7 +16,13 @@ from pathlib import Path
 
 import mlflow
 
-from chatpack.flavours.model_config import INPUT_EXAMPLE, GenerationDefaults, no_log_time_validation, source_metadata
+from chatpack.flavours.model_config import (
+    BATCH_SIZE_KEY,
+    INPUT_EXAMPLE,
+    GenerationDefaults,
+    no_log_time_validation,
+    source_metadata,
+)
 from chatpack.pins import TRANSFORMERS_MODEL_PACKAGES, installed_pins
 from chatpack.sources.fetch import FetchedModel
 
@@ -97,7 +103,7 @@ def _log(pipe, model_name: str, defaults: GenerationDefaults, fetched: FetchedMo
         name=model_name,
         task=TASK,
         input_example=INPUT_EXAMPLE,
-        model_config=defaults.transformers_config(),
+        model_config={**defaults.transformers_config(), BATCH_SIZE_KEY: 1},
         pip_requirements=installed_pins(TRANSFORMERS_MODEL_PACKAGES),
         metadata=source_metadata(fetched),
         registered_model_name=registered_model_name or None,

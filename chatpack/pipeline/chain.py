@@ -1,13 +1,15 @@
 """The ``main`` entry point's logic: chain the steps with ``mlflow.run`` as nested runs, reusing finished ones.
 
-Steps pass each other only run ids (and, through their tags, model URIs), so each could run on another machine.
+Steps pass each other only run ids (and, through their tags, model URIs), so each could run on another machine. With
+several recipes (a sweep) each gets its own fetch_model and log_onnx_pyfunc runs, reused per recipe, and one evaluate
+run compares them all with the transformers model.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ class PipelineOptions:
     force: bool = False
     damage: bool = True
     damage_tokens: int = 4096
-    recipes: str = "default"
+    recipes: str = "int8:block_size=128"  # the default sweep: see README (main)
 
 
 def registry_name(model: str, requested: str) -> str:
@@ -59,49 +61,66 @@ def fetch_params(options: PipelineOptions, recipe: Recipe) -> dict[str, Any]:
             "damage": str(options.damage).lower(), "damage_tokens": options.damage_tokens}
 
 
-def run_or_reuse(entry_point: str, params: dict[str, Any], options: PipelineOptions, experiment_id: str, version: str,
-             reused: dict[str, str], required_tags: dict[str, str] | None = None) -> str:
-    """Reuse a finished identical run of ``entry_point`` or run it now as a child run; return its run id."""
-    if not options.force:
-        hit = find_reusable_run(experiment_id, entry_point, params, version, required_tags)
-        if hit is not None:
-            logger.info("Reusing %s run %s", entry_point, hit.info.run_id)
-            reused[entry_point] = hit.info.run_id
-            return hit.info.run_id
-    logger.info("Running %s", entry_point)
-    submitted = mlflow.run(str(PROJECT_ROOT), entry_point=entry_point,
-                           parameters={k: str(v) for k, v in params.items()},
-                           env_manager="local", experiment_id=experiment_id, synchronous=True)
-    return submitted.run_id
+@dataclass
+class _Chain:
+    """What the steps of one pipeline share: where they run, the code version, and what was reused."""
+
+    options: PipelineOptions
+    experiment_id: str
+    version: str
+    reused: list[str] = field(default_factory=list)
+
+    def step(self, entry_point: str, params: dict[str, Any], label: str = "",
+             required_tags: dict[str, str] | None = None) -> str:
+        """Reuse a finished identical run of ``entry_point`` or run it now as a child run; return its run id."""
+        if not self.options.force:
+            hit = find_reusable_run(self.experiment_id, entry_point, params, self.version, required_tags)
+            if hit is not None:
+                logger.info("Reusing %s run %s", entry_point, hit.info.run_id)
+                self.reused.append(f"{entry_point}[{label}]" if label else entry_point)
+                return hit.info.run_id
+        logger.info("Running %s %s", entry_point, label)
+        submitted = mlflow.run(str(PROJECT_ROOT), entry_point=entry_point,
+                               parameters={k: str(v) for k, v in params.items()},
+                               env_manager="local", experiment_id=self.experiment_id, synchronous=True)
+        return submitted.run_id
+
+
+def safe(label: str) -> str:
+    """A recipe label as a tag-key part (letters, digits, ``_``, ``-``, ``.``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
 
 
 def run_pipeline(options: PipelineOptions) -> dict[str, str]:
-    """Run fetch_model, log_transformers, log_onnx_pyfunc and evaluate under the active run; return step -> run id."""
+    """Run fetch_model and log_onnx_pyfunc per recipe, log_transformers once and evaluate under the active run;
+    return step -> run id (the first recipe's runs under the plain step names, every recipe's under
+    ``<step>.<recipe>``)."""
     parent = mlflow.active_run()
     assert parent is not None, "run_pipeline needs an active run"
-    experiment_id = parent.info.experiment_id
     eval_path = Path(options.eval_data) if options.eval_data else DEFAULT_EVAL_DATA
     if not eval_path.is_file():
         raise ValueError(f"eval_data: {eval_path} does not exist")
     recipes = parse_recipes(options.recipes, options.precision, options.block_size, options.accuracy_level)
-    if len(recipes) > 1:
-        raise ValueError(f"recipes: one recipe per run, got {len(recipes)}")
-    version = code_version()  # what the steps about to run will record; compared with finished runs' tags
-    reused: dict[str, str] = {}
-    runs: dict[str, str] = {}
-    runs["fetch_model"] = run_or_reuse("fetch_model", fetch_params(options, recipes[0]), options, experiment_id,
-                                       version, reused)
-    runs["log_transformers"] = run_or_reuse("log_transformers", {"fetch_run_id": runs["fetch_model"]}, options,
-                                        experiment_id, version, reused)
-    runs["log_onnx_pyfunc"] = run_or_reuse("log_onnx_pyfunc", {"fetch_run_id": runs["fetch_model"]}, options,
-                                       experiment_id, version, reused)
-    runs["evaluate"] = run_or_reuse("evaluate", {
-        "transformers_run_id": runs["log_transformers"], "onnx_run_id": runs["log_onnx_pyfunc"],
+    # The code version the steps about to run will record, compared with finished runs' tags.
+    chain = _Chain(options, parent.info.experiment_id, code_version())
+    fetches = {r.label: chain.step("fetch_model", fetch_params(options, r), r.label) for r in recipes}
+    first = fetches[recipes[0].label]
+    runs = {"fetch_model": first}
+    runs["log_transformers"] = chain.step("log_transformers", {"fetch_run_id": first})
+    onnx = {label: chain.step("log_onnx_pyfunc", {"fetch_run_id": run_id}, label) for label, run_id in fetches.items()}
+    runs["log_onnx_pyfunc"] = onnx[recipes[0].label]
+    models = ({"onnx_run_id": runs["log_onnx_pyfunc"]} if len(recipes) == 1
+              else {"onnx_run_ids": ",".join(onnx.values())})
+    runs["evaluate"] = chain.step("evaluate", {
+        "transformers_run_id": runs["log_transformers"], **models,
         "eval_data": options.eval_data, "max_new_tokens": options.max_new_tokens,
         "registered_model_name": registry_name(options.model, options.registered_model_name),
         "quality_tolerance": options.quality_tolerance,
-    }, options, experiment_id, version, reused, required_tags={EVAL_DATA_TAG: sha256_file(eval_path)})
+    }, required_tags={EVAL_DATA_TAG: sha256_file(eval_path)})
+    if len(recipes) > 1:
+        runs.update({f"fetch_model.{safe(label)}": run_id for label, run_id in fetches.items()})
+        runs.update({f"log_onnx_pyfunc.{safe(label)}": run_id for label, run_id in onnx.items()})
     mlflow.set_tags({f"chatpack.run.{step}": run_id for step, run_id in runs.items()})
-    mlflow.set_tag("chatpack.reused_steps", ",".join(reused) or "none")
-    mlflow.log_metric("steps_reused", len(reused))
+    mlflow.set_tag("chatpack.reused_steps", ",".join(chain.reused) or "none")
+    mlflow.log_metric("steps_reused", len(chain.reused))
     return runs
