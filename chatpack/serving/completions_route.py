@@ -15,11 +15,9 @@ once, whatever its number of prompts; its prompts run one after another.
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,7 +27,7 @@ from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import text_completion, usage
 from chatpack.serving.chat_payload import model_features
 from chatpack.serving.completion_request import CompletionRequest, parse_completion
-from chatpack.serving.generation import as_error, error_event, error_response, sse
+from chatpack.serving.generation import as_error, data_events, error_response, read_body, stream_items
 from chatpack.serving.served_model import ServedModel
 
 ROUTE = "/v1/completions"
@@ -56,12 +54,9 @@ def register(app: FastAPI, served: ServedModel) -> None:
 
     @app.post(ROUTE)
     async def completions(request: Request):
-        if served.model is None:
-            return error_response(503, "model is loading" if not served.load_error else served.load_error)
-        try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError as exc:
-            return error_response(400, f"request body: not valid JSON ({exc})")
+        body, refused = await read_body(request, served)
+        if refused is not None:
+            return refused
         try:
             completion = parse_completion(body)
             check_completions(served)
@@ -82,60 +77,27 @@ def register(app: FastAPI, served: ServedModel) -> None:
         return JSONResponse(merged(served.name, replies))
 
     async def _stream(completion: CompletionRequest):
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def put(item: tuple[str, Any]) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+        def chunks() -> Iterator[dict[str, Any]]:
+            """Each prompt's n choices streamed one after another, renumbered; usage summed for the last chunk."""
+            totals, index = [0, 0], 0
+            for row in completion.rows:
+                for _ in range(completion.n):
+                    produced = served.model.predict_stream(row)
+                    try:
+                        for chunk in produced:
+                            used = chunk.pop("usage", None)
+                            if used:
+                                totals[0] += used["prompt_tokens"]
+                                totals[1] += used["completion_tokens"]
+                            yield {**chunk, "id": cid, "created": created,
+                                   "choices": [{**chunk["choices"][0], "index": index}]}
+                    finally:
+                        produced.close()  # ends generation and frees the model
+                    index += 1
+            if completion.include_usage:
+                yield text_completion(served.name, [], usage(*totals), cid, created)
 
-        def produce() -> None:
-            totals = [0, 0]
-            try:
-                index = 0
-                for row in completion.rows:
-                    for _ in range(completion.n):
-                        with served.serial:
-                            chunks = served.model.predict_stream(row)
-                            try:
-                                for chunk in chunks:
-                                    if cancel.is_set():
-                                        return
-                                    used = chunk.pop("usage", None)
-                                    if used:
-                                        totals[0] += used["prompt_tokens"]
-                                        totals[1] += used["completion_tokens"]
-                                    choice = {**chunk["choices"][0], "index": index}
-                                    put(("chunk", {**chunk, "id": cid, "created": created, "model": served.name,
-                                                   "choices": [choice]}))
-                            finally:
-                                chunks.close()  # ends generation and frees the model
-                        index += 1
-                if completion.include_usage:
-                    put(("chunk", text_completion(served.name, [], usage(*totals), cid, created)))
-            except Exception as exc:
-                put(("error", exc))
-            finally:
-                served.release()
-                put(("done", None))
-
-        loop.run_in_executor(served.executor, produce)
-        first = await queue.get()
-        if first[0] == "error":
-            return as_error(first[1])
-
-        async def events() -> AsyncIterator[str]:
-            item = first
-            try:
-                while item[0] != "done":
-                    data = error_event(item[1]) if item[0] == "error" else item[1]
-                    yield f"data: {json.dumps(data)}\n\n"
-                    if item[0] == "error":
-                        break
-                    item = await queue.get()
-                yield "data: [DONE]\n\n"
-            finally:
-                cancel.set()  # the client went away, or we are done: stop generating
-
-        return sse(events())
+        items = await stream_items(served, chunks)
+        return items if isinstance(items, JSONResponse) else data_events(items)

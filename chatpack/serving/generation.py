@@ -13,9 +13,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from chatpack.protocol.errors import error_body, openai_error
@@ -63,12 +64,23 @@ async def whole_reply(served: ServedModel, payload: dict[str, Any]) -> dict[str,
     return reply
 
 
-async def stream_chunks(served: ServedModel, payload: dict[str, Any]
-                        ) -> JSONResponse | AsyncIterator[dict[str, Any] | Exception]:
-    """The model's reply to ``payload`` as ``chat.completion.chunk`` dicts (``model`` set), driven by its
-    ``predict_stream`` (a model without one: its whole reply as three chunks). An error before the first chunk is
-    returned as the error response; a later one is yielded as the exception. Closing the iterator (the client went
-    away) stops generation."""
+async def read_body(request: Request, served: ServedModel) -> tuple[Any, JSONResponse | None]:
+    """(the request's JSON body, None), or (None, the error response): 503 while the model loads, 400 for a body that
+    is not JSON."""
+    if served.model is None:
+        return None, error_response(503, "model is loading" if not served.load_error else served.load_error)
+    try:
+        return json.loads(await request.body() or b"null"), None
+    except ValueError as exc:
+        return None, error_response(400, f"request body: not valid JSON ({exc})")
+
+
+async def stream_items(served: ServedModel, chunks: Callable[[], Iterator[dict[str, Any]]]
+                       ) -> JSONResponse | AsyncIterator[dict[str, Any] | Exception]:
+    """Run ``chunks()`` on the model's executor (holding the model's serial lock) and hand its chunks to the event
+    loop, ``model`` set to the served name. An error before the first chunk is returned as the error response; a later
+    one is yielded as the exception. Closing the returned iterator (the client went away) closes ``chunks()``'s
+    iterator, which stops generation."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     cancel = threading.Event()
@@ -79,19 +91,16 @@ async def stream_chunks(served: ServedModel, payload: dict[str, Any]
     def produce() -> None:
         try:
             with served.serial:
-                if served.streamable:
-                    chunks = served.model.predict_stream(payload)
-                    try:
-                        for chunk in chunks:
-                            if cancel.is_set():
-                                logger.info("client went away: generation stopped")
-                                break
-                            put(("chunk", chunk))
-                    finally:
-                        chunks.close()  # ends generation and frees the model for the next request
-                else:
-                    for chunk in whole_reply_chunks(served.model.predict(payload)[0], served.name):
+                produced = chunks()
+                try:
+                    for chunk in produced:
+                        if cancel.is_set():
+                            logger.info("client went away: generation stopped")
+                            break
                         put(("chunk", chunk))
+                finally:
+                    if hasattr(produced, "close"):
+                        produced.close()  # ends generation and frees the model for the next request
         except Exception as exc:
             put(("error", exc))
         finally:
@@ -114,6 +123,34 @@ async def stream_chunks(served: ServedModel, payload: dict[str, Any]
             cancel.set()  # the client disconnected, or we are done: either way stop generating
 
     return items()
+
+
+async def stream_chunks(served: ServedModel, payload: dict[str, Any]
+                        ) -> JSONResponse | AsyncIterator[dict[str, Any] | Exception]:
+    """The model's reply to ``payload`` as ``chat.completion.chunk`` dicts, driven by its ``predict_stream`` (a model
+    without one: its whole reply as three chunks); see :func:`stream_items`."""
+    def chunks() -> Iterator[dict[str, Any]]:
+        if served.streamable:
+            return served.model.predict_stream(payload)
+        return iter(whole_reply_chunks(served.model.predict(payload)[0], served.name))
+
+    return await stream_items(served, chunks)
+
+
+def data_events(items: AsyncIterator[dict[str, Any] | Exception]) -> StreamingResponse:
+    """OpenAI's plain SSE stream of ``items``: ``data: <json>`` each (an error as its error body, which ends the
+    stream), then ``data: [DONE]``. The client going away closes ``items`` (stops generating)."""
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for item in items:
+                yield f"data: {json.dumps(error_event(item) if isinstance(item, Exception) else item)}\n\n"
+                if isinstance(item, Exception):
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            await items.aclose()
+
+    return sse(events())
 
 
 def sse(events: AsyncIterator[str]) -> StreamingResponse:

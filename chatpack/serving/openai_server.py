@@ -18,11 +18,8 @@ waiting); more get 429 at once rather than piling up.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
-from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -32,7 +29,7 @@ from chatpack.protocol.chat_request import parse_request
 from chatpack.protocol.errors import RequestError
 from chatpack.serving.chat_payload import check_structured, model_payload
 from chatpack.serving.completions_route import register as register_completions
-from chatpack.serving.generation import as_error, error_event, error_response, sse, stream_chunks, whole_reply
+from chatpack.serving.generation import as_error, data_events, error_response, read_body, stream_chunks, whole_reply
 from chatpack.serving.metrics import CONTENT_TYPE, ServerMetrics
 from chatpack.serving.observer import RequestObserver
 from chatpack.serving.responses_route import register as register_responses
@@ -85,12 +82,9 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        if served.model is None:
-            return error_response(503, "model is loading" if not served.load_error else served.load_error)
-        try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError as exc:
-            return error_response(400, f"request body: not valid JSON ({exc})")
+        body, refused = await read_body(request, served)
+        if refused is not None:
+            return refused
         try:
             chat = parse_request(body)
             if chat.prompt is not None:
@@ -102,24 +96,10 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
             return error_response(429, f"server busy: {served.queue_size} requests already queued; retry later")
         payload = model_payload(chat)
         if chat.stream:
-            return await _stream(payload)
+            items = await stream_chunks(served, payload)
+            return items if isinstance(items, JSONResponse) else data_events(items)
         reply = await whole_reply(served, payload)
         return reply if isinstance(reply, JSONResponse) else JSONResponse(reply)
-
-    async def _stream(payload: dict[str, Any]):
-        items = await stream_chunks(served, payload)
-        if isinstance(items, JSONResponse):
-            return items
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                async for item in items:
-                    yield f"data: {json.dumps(error_event(item) if isinstance(item, Exception) else item)}\n\n"
-                yield "data: [DONE]\n\n"
-            finally:
-                await items.aclose()  # the client went away: stop generating now
-
-        return sse(events())
 
     register_responses(app, served)
     register_completions(app, served)

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from chatpack.protocol.chat_request import parse_request
 from chatpack.protocol.errors import RequestError, error_body
 from chatpack.serving.chat_payload import check_structured, model_payload
-from chatpack.serving.generation import error_event, error_response, sse, stream_chunks, whole_reply
+from chatpack.serving.generation import error_event, error_response, read_body, sse, stream_chunks, whole_reply
 from chatpack.serving.responses_api import ResponsesRequest, renamed, translate
 from chatpack.serving.responses_reply import ResponseEvents, ResponseShell, response_object
 from chatpack.serving.served_model import ServedModel
@@ -46,12 +46,9 @@ def register(app: FastAPI, served: ServedModel) -> None:
 
     @app.post(ROUTE)
     async def responses(request: Request):
-        if served.model is None:
-            return error_response(503, "model is loading" if not served.load_error else served.load_error)
-        try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError as exc:
-            return error_response(400, f"request body: not valid JSON ({exc})")
+        body, refused = await read_body(request, served)
+        if refused is not None:
+            return refused
         try:
             asked = translate(body)
         except RequestError as exc:
