@@ -250,6 +250,8 @@ BAD = [
     ({"input": "x", "tools": [{"type": "function", "parameters": PICK}]}, "tools"),
     ({"input": "x", "tools": TOOLS, "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
     ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice"),
+    ({"input": [{"type": "function_call", "call_id": "c1", "name": "pick", "arguments": "{not json"}]}, "input"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "s"}}}, "text.format"),
 ]
 
 
@@ -273,6 +275,13 @@ def test_errors_of_the_chat_checks_name_the_responses_path(base):
     assert message({"input": "x", "text": {"format": {"type": "json_schema", "schema": UNIT}}}).startswith(
         "text.format.name: required")
     assert message({"input": "x", "max_output_tokens": 0}).startswith("max_output_tokens: must be >= 1, got 0")
+    # Refusals of a value say which value is accepted and show the one sent.
+    assert message({"input": "x", "include": ["message.output_text.logprobs"]}).startswith(
+        'include: only [] is accepted, got ["message.output_text.logprobs"]')
+    assert message({"input": "x", "reasoning": {"effort": "low"}}).startswith(
+        'reasoning: only {} is accepted, got {"effort": "low"}')
+    assert message({"input": "x", "store": True}) == ("store: only false is accepted, got True: responses are not "
+                                                      "stored here (nothing can be retrieved later)")
     assert message({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {"type": "array"}}]}
                    ).startswith("tools[0].parameters: must be a JSON schema of type 'object'")
     assert message({"input": "x", "tools": [{"type": "function", "name": "f", "defer_loading": True}]}).startswith(

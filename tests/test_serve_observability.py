@@ -107,6 +107,21 @@ def test_every_chat_request_is_a_trace_linked_to_the_served_model(onnx_uri):
     assert root.inputs["messages"][0]["role"] == "wizard"
 
 
+def test_text_completions_are_traced_with_their_text(onnx_uri):
+    experiment = f"serve-{uuid.uuid4().hex[:8]}"
+    served, running = serving(onnx_uri, TraceSettings(experiment=experiment))
+    with running as base:
+        api = client(base)
+        whole = api.completions.create(model="m", prompt="Once upon a time", max_tokens=5)
+        streamed = list(api.completions.create(model="m", prompt="Once upon a time", max_tokens=6, stream=True))
+    first, second = traces_of(experiment, served.model_id, expected=2)
+    assert spans_by_name(first)["completions"].outputs["choices"][0]["text"] == whole.choices[0].text != ""
+    spans = spans_by_name(second)
+    text = "".join(c.choices[0].text for c in streamed if c.choices)
+    assert spans["completions"].outputs["choices"][0]["text"] == text != ""
+    assert spans["completions"].attributes["chatpack.time_to_first_token_s"] > 0 and "decode" in spans
+
+
 def test_text_can_be_left_out_and_tracing_switched_off(onnx_uri):
     quiet, off = f"quiet-{uuid.uuid4().hex[:8]}", f"off-{uuid.uuid4().hex[:8]}"
     for settings in (TraceSettings(experiment=quiet, record_text=False), TraceSettings(False, off)):

@@ -245,3 +245,17 @@ def test_concurrent_requests_meet_in_one_batch_with_their_solo_replies(onnx_serv
             replies = [f.result().choices[0].message.content for f in futures]
         assert replies == solo
         assert engine.stats["batches"] == before + 1 and engine.stats["largest_batch"] == 6
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])
+@pytest.mark.parametrize(("body", "says"), [
+    (b'{"messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "input": "hi", "temperature": NaN}',
+     "NaN is not a JSON value"),
+    (b'{"messages": [{"role": "user", "content": "\\ud800"}], "prompt": "\\ud800", "input": "\\ud800"}',
+     "unpaired UTF-16 surrogate"),
+], ids=["nan", "lone-surrogate"])
+def test_bodies_that_are_not_strict_json_text_are_400_on_every_route(onnx_server, route, body, says):
+    base, _ = onnx_server
+    status, reply = raw("POST", base + route, body)
+    assert status == 400 and reply["error"]["message"].startswith("request body: ") and says in \
+        reply["error"]["message"], reply

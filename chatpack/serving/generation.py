@@ -66,13 +66,25 @@ async def whole_reply(served: ServedModel, payload: dict[str, Any]) -> dict[str,
 
 async def read_body(request: Request, served: ServedModel) -> tuple[Any, JSONResponse | None]:
     """(the request's JSON body, None), or (None, the error response): 503 while the model loads, 400 for a body that
-    is not JSON."""
+    is not strict JSON (``NaN``/``Infinity`` included) or holds a string that is not text (an unpaired surrogate)."""
     if served.model is None:
         return None, error_response(503, "model is loading" if not served.load_error else served.load_error)
+    raw = await request.body()
     try:
-        return json.loads(await request.body() or b"null"), None
+        body = json.loads(raw or b"null", parse_constant=_not_json)
     except ValueError as exc:
         return None, error_response(400, f"request body: not valid JSON ({exc})")
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return None, error_response(400, f"request body: a string holds an unpaired UTF-16 surrogate "
+                                         f"({exc.object[exc.start:exc.end]!a}), which is not text")
+    return body, None
+
+
+def _not_json(name: str) -> Any:
+    """``NaN``/``Infinity``, which Python's JSON reader takes and JSON does not."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 async def stream_items(served: ServedModel, chunks: Callable[[], Iterator[dict[str, Any]]]

@@ -1,11 +1,12 @@
 """The served model as ``serve`` calls it: the loaded model, with every call noted on the current request.
 
 :class:`ObservedModel` forwards ``predict`` and ``predict_stream`` unchanged and records, on the request's
-:class:`~chatpack.serving.request_context.RequestContext`, the model input, the reply text, token counts, finish
-reason and the phases of a streamed reply, read from its chunks alone (so it works for any model, including one
-logged with older code): the first chunk (the role) comes once the prompt is templated and tokenised, the first chunk
-with text once prefill has produced the first token, the last one carries ``finish_reason`` and ``usage``. Models
-that know more mark phases themselves (the transformers adapter does, also for whole replies).
+:class:`~chatpack.serving.request_context.RequestContext`, the model input, the reply text (chat or text completion),
+token counts, finish reason and the phases of a streamed reply, read from its chunks alone (so it works for any
+model, including one logged with older code): the first chunk (the role) comes once the prompt is templated and
+tokenised, the first chunk with text once prefill has produced the first token, the last one carries
+``finish_reason`` and ``usage``. Models that know more mark phases themselves (the transformers adapter does, also
+for whole replies).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class ObservedModel:
         reply = replies[0] if isinstance(replies, list) and replies else None
         if isinstance(reply, dict) and reply.get("choices"):
             choice = reply["choices"][0]
-            context.pieces = [(choice.get("message") or {}).get("content") or ""]
+            context.pieces = [_text(choice, "message")]
             context.note_usage(reply.get("usage"), choice.get("finish_reason"))
         return replies
 
@@ -53,7 +54,7 @@ class ObservedModel:
             for chunk in chunks:
                 if isinstance(chunk, dict) and chunk.get("choices"):
                     choice = chunk["choices"][0]
-                    text = (choice.get("delta") or {}).get("content")
+                    text = _text(choice, "delta")
                     context.mark("tokenised")
                     if text:
                         context.mark("first_token")
@@ -65,3 +66,8 @@ class ObservedModel:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()  # a closed stream stops generation (the server closes it when the client goes away)
+
+
+def _text(choice: dict[str, Any], key: str) -> str:
+    """A choice's text: ``message``/``delta`` content in chat replies, ``text`` in text completions."""
+    return (choice.get(key) or {}).get("content") or choice.get("text") or ""

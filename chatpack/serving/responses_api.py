@@ -10,6 +10,7 @@ the same rules as ``/v1/chat/completions``. Its errors name chat fields (``respo
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,9 @@ STATEFUL = {
     "conversation": "conversations are not stored here; send the whole conversation in 'input'",
     "prompt": "stored prompt templates are not kept here; send the text in 'instructions' and 'input'",
     "context_management": "conversations are not stored here, so there is no context to compact",
-    "background": "background responses need a stored job to poll; only false is accepted",
+    "background": "background responses need a stored job to poll",
     "background_options": "background responses are not run here",
-    "store": "responses are not stored here (nothing can be retrieved later); only false is accepted",
+    "store": "responses are not stored here (nothing can be retrieved later)",
 }
 # Fields whose only accepted value is the one that asks for nothing this server lacks.
 NEUTRAL = {"store": (False,), "background": (False,), "truncation": ("disabled",), "include": ([],),
@@ -72,8 +73,9 @@ def translate(body: Any) -> ResponsesRequest:
             raise RequestError(key, f"{key}: unsupported field (supported: {', '.join(sorted(SUPPORTED))})")
     for key, value in body.items():
         if key in NEUTRAL and value not in NEUTRAL[key]:
-            allowed = " or ".join(map(_shown, NEUTRAL[key]))
-            raise RequestError(key, f"{key}: only {allowed} is accepted: {STATEFUL.get(key) or NOT_HONOURED[key]}")
+            allowed = " or ".join(json.dumps(v) for v in NEUTRAL[key])
+            raise RequestError(key, f"{key}: only {allowed} is accepted, got {_shown(value)}: "
+                                    f"{STATEFUL.get(key) or NOT_HONOURED[key]}")
         if key in STATEFUL and key not in NEUTRAL:
             raise RequestError(key, f"{key}: not supported: {STATEFUL[key]}")
     if "input" not in body:
@@ -150,7 +152,7 @@ def _input(value: Any) -> tuple[list[dict[str, Any]], list[str]]:
                                                                                           "arguments"))
             call = {"id": _text(item["call_id"], f"{path}.call_id", empty=False), "type": "function",
                     "function": {"name": _text(item["name"], f"{path}.name", empty=False),
-                                 "arguments": _text(item["arguments"], f"{path}.arguments")}}
+                                 "arguments": _json_text(item["arguments"], f"{path}.arguments")}}
             calls.add(call["id"])
             if messages and messages[-1]["role"] == "assistant":
                 messages[-1].setdefault("tool_calls", []).append(call)
@@ -200,6 +202,9 @@ def _text_format(value: Any) -> dict[str, Any] | None:
     if not isinstance(fmt, dict):
         raise RequestError("text.format", f"text.format: expected an object such as {{\"type\": \"json_schema\", "
                                           f"\"name\": ..., \"schema\": {{...}}}}, got {_shown(fmt)}")
+    if fmt.get("type") == "json_schema" and "schema" not in fmt:
+        raise RequestError("text.format", "text.format.schema: required with type 'json_schema' (the JSON Schema "
+                                          "the reply must follow)")
     return fmt
 
 
@@ -276,7 +281,20 @@ def _text(value: Any, path: str, empty: bool = True) -> str:
     return value
 
 
+def _json_text(value: Any, path: str) -> str:
+    """A string holding JSON (a function call's arguments), named by ``path`` when it is not."""
+    text = _text(value, path)
+    try:
+        json.loads(text)
+    except ValueError:
+        raise RequestError("input", f"{path}: not valid JSON ({_shown(text)}); send the arguments the call was "
+                                    "made with") from None
+    return text
+
+
 def _shown(value: Any) -> str:
+    """A short value as written (scalars as Python shows them, small lists and objects as JSON), else its type."""
     if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 60:
         return repr(value)
-    return "null" if value is None else f"a {type(value).__name__}"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else ("null" if value is None else f"a {type(value).__name__}")
