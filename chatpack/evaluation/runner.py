@@ -15,6 +15,7 @@ time. On the bundled model this makes a 340-prompt evaluation ~3-10x faster than
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import statistics
@@ -130,7 +131,7 @@ def _answer_batched(model: Any, how: str, rows: list[dict[str, Any]], progress: 
     replies: list[dict[str, Any] | None] = [None] * len(rows)
     for _budget, group in groupby(sorted(range(len(rows)), key=lambda i: rows[i]["max_tokens"]),
                                  key=lambda i: rows[i]["max_tokens"]):  # one reply budget per pipeline call
-        group = list(group)
+        group = sorted(group, key=lambda i: len(json.dumps(rows[i]["messages"])))  # like lengths: little padding
         step = BATCH if how == "pipeline" else 1
         for chunk in (group[k:k + step] for k in range(0, len(group), step)):
             answers = model.predict(pd.DataFrame([_request(rows[i]) for i in chunk]))
