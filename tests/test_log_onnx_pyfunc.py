@@ -120,6 +120,18 @@ def test_sampling_with_a_seed_is_repeatable(onnx_model):
     assert first == content(ask(onnx_model, max_tokens=10, temperature=1.0, seed=7))
 
 
+def test_n_seeded_choices_are_distinct_and_the_same_again(onnx_model):
+    options = {"max_tokens": 10, "temperature": 1.0, "seed": 7, "n": 3}
+    texts = [c["message"]["content"] for c in ask(onnx_model, **options)["choices"]]
+    assert len(set(texts)) == 3 and [c["message"]["content"] for c in ask(onnx_model, **options)["choices"]] == texts
+
+
+def test_neutral_values_of_unimplemented_fields_pass_the_signature_and_change_nothing(onnx_model):
+    neutral = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "store": False, "metadata": {"a": "b"},
+               "service_tier": "auto", "logprobs": False, "top_logprobs": 0}
+    assert content(ask(onnx_model, max_tokens=5, **neutral)) == content(ask(onnx_model, max_tokens=5))
+
+
 LONG = [{"role": "user", "content": "word " * 600}]
 
 
@@ -133,6 +145,7 @@ LONG = [{"role": "user", "content": "word " * 600}]
         ({"messages": [{"role": "user", "content": 5}]}, "content"),
         ({"messages": CONVERSATION, "max_tokens": 0}, "max_tokens: must be >= 1"),
         ({"messages": CONVERSATION, "max_tokens": -3}, "max_tokens: must be >= 1"),
+        ({"messages": CONVERSATION, "max_tokens": 2**31}, "max_tokens: must be <= 2147483647"),
         ({"messages": CONVERSATION, "max_tokens": "ten"}, "max_tokens"),
         ({"messages": CONVERSATION, "temperature": -0.5}, "temperature: must be between 0 and 2"),
         ({"messages": CONVERSATION, "top_p": 1.5}, r"top_p: must be in \(0, 1\], got 1.5"),
@@ -144,7 +157,8 @@ LONG = [{"role": "user", "content": "word " * 600}]
          r"tools\[0\].function.name: required"),
         ({"messages": CONVERSATION, "response_format": {"type": "json_schema", "json_schema": {
             "name": "x", "schema": {"type": "objekt"}}}}, "response_format.json_schema.schema: cannot be enforced"),
-        ({"messages": CONVERSATION, "presence_penalty": 0.5}, "presence_penalty: unsupported"),
+        ({"messages": CONVERSATION, "presence_penalty": 0.5}, "presence_penalty: only 0 is accepted"),
+        ({"messages": CONVERSATION, "store": True}, "store: only false is accepted"),
     ],
 )
 def test_bad_requests_raise_an_mlflow_exception_naming_the_field(onnx_model, body, names):

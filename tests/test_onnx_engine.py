@@ -16,6 +16,8 @@ from chatpack.engine.decode_step import RowDecoder
 from chatpack.engine.scheduler import Pending, form_groups
 from chatpack.engine.search_options import search_options
 from chatpack.engine.stops import held_back
+from chatpack.engine.tool_calls import CallGuard
+from chatpack.engine.tool_prompt import call_text
 from chatpack.protocol.chat_request import GenerationOptions
 from chatpack.sources.fetch import fetched_model
 
@@ -136,6 +138,20 @@ def test_decode_step_ends_a_row_on_eos_stop_sequence_or_max_tokens(engine):
     assert (row.text, row.state.completion_tokens, row.state.finish_reason) == ("Hello fin", 2, "length")
 
 
+def test_a_reply_cut_by_max_tokens_while_repeating_a_call_ends_without_the_repeat(engine):
+    first = call_text("get_weather", '{"city": "Paris"}')
+    tokens = engine.encode_text(f"{first}\n{first}")
+    whole = len(engine.encode_text(first))
+    assert engine.decode_ids(tokens) == f"{first}\n{first}"
+    for max_new in range(whole, len(tokens)):  # cut anywhere in the separator or the repeat, its arguments included
+        row = RowDecoder(engine.tokenizer, engine.eos_ids, (), max_new, StreamState(0), CallGuard(8))
+        pieces = [row.push(token) for token in tokens[:max_new]] + [row.finish("length")]
+        assert (row.text, row.state.finish_reason, row.state.completion_tokens) == (first, "length", max_new), max_new
+        assert "".join(pieces) == first  # nothing of the repeat was streamed either
+    row = RowDecoder(engine.tokenizer, engine.eos_ids, (), len(tokens), StreamState(0), CallGuard(8))
+    assert "".join(row.push(token) for token in tokens) == first and row.state.finish_reason == "stop"
+
+
 def test_a_row_that_cannot_share_the_padded_width_runs_alone(onnx_dir):
     engine = OnnxChatEngine(onnx_dir)  # fresh stats
     long_prompt = engine.encode_text("word " * 400)  # 200 new tokens past its width overflow the context; 5 fit
@@ -188,6 +204,18 @@ def test_search_options_sample_only_above_temperature_zero_and_stay_inside_the_c
         "max_length": 512, "do_sample": True, "batch_size": 3, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
         "random_seed": 7}
     assert "top_p" not in search_options(GenerationOptions(temperature=0.7), 1, 1, 512)
+    big = GenerationOptions(temperature=0.7, seed=2**63 - 1)  # onnxruntime-genai's seed is an int32
+    assert search_options(big, 1, 1, 512)["random_seed"] == (2**63 - 1) % 2**31
+
+
+def test_n_seeded_choices_sample_with_seed_plus_index_and_greedy_ones_agree(engine):
+    ids = chat(engine, "Tell me a story.")
+    seeded = GenerationOptions(max_tokens=12, temperature=1.0, seed=7, n=3)
+    texts = [engine.complete(ids, seeded.for_choice(i)).text for i in range(3)]
+    assert len(set(texts)) == 3
+    assert texts[1] == engine.complete(ids, GenerationOptions(max_tokens=12, temperature=1.0, seed=8)).text
+    assert seeded.for_choice(0) == seeded and GenerationOptions(n=3).for_choice(2) == GenerationOptions(n=3)
+    assert GenerationOptions(seed=2**63 - 1).for_choice(1).seed == 0  # wraps inside int64
 
 
 def test_held_back_text_is_the_longest_possible_start_of_a_stop_sequence():

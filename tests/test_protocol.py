@@ -32,8 +32,10 @@ from chatpack.serving.served_model import own_imports
 from tests.conftest import ROOT
 
 M = [{"role": "user", "content": "hi"}]
-CHAT_FIELDS = ("logprobs, max_completion_tokens, max_tokens, messages, model, n, parallel_tool_calls, response_format, "
-               "seed, stop, stream, stream_options, temperature, tool_choice, tools, top_k, top_logprobs, top_p, user")
+CHAT_FIELDS = ("frequency_penalty, logit_bias, logprobs, max_completion_tokens, max_tokens, messages, metadata, model, "
+               "n, parallel_tool_calls, presence_penalty, response_format, seed, service_tier, stop, store, stream, "
+               "stream_options, temperature, tool_choice, tools, top_k, top_logprobs, top_p, user")
+TOKENS = "<= 2147483647"
 PROMPT_FIELDS = ("logprobs, max_tokens, model, n, prompt, seed, stop, stream, temperature, text_completion, top_k, "
                  "top_logprobs, top_p")
 ROLES = "system, user, assistant, developer, tool"
@@ -74,6 +76,15 @@ GOOD = [
     ("lower bounds", {"messages": M, "temperature": 0, "n": 1}, M, None, GenerationOptions(temperature=0.0), False),
     ("unknown stream_options keys ignored", {"messages": M, "stream_options": {"include_obfuscation": False}}, M,
      None, GenerationOptions(), False),
+    ("neutral values of unimplemented fields (what clients send by default)",
+     {"messages": M, "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "store": False,
+      "metadata": {"session": "abc"}, "service_tier": "auto", "logprobs": False, "top_logprobs": 0}, M, None,
+     GenerationOptions(), False),
+    ("service_tier default", {"messages": M, "service_tier": "default", "metadata": {}}, M, None, GenerationOptions(),
+     False),
+    ("top_logprobs 0 without logprobs", {"messages": M, "top_logprobs": 0}, M, None, GenerationOptions(), False),
+    ("largest integers", {"messages": M, "max_tokens": 2**31 - 1, "top_k": 2**31 - 1, "seed": 2**63 - 1}, M, None,
+     GenerationOptions(max_tokens=2**31 - 1, top_k=2**31 - 1, seed=2**63 - 1), False),
     ("raw prompt", {"prompt": "<|user|>hi"}, None, "<|user|>hi", GenerationOptions(), False),
     ("raw prompt with every option it takes",
      {"prompt": "p", "max_tokens": 4, "temperature": 1, "top_p": 0.5, "top_k": 2, "stop": "x", "n": 3, "seed": 9,
@@ -163,7 +174,28 @@ BAD = [
     ("user not a string", {"messages": M, "user": ["u"]}, "user", r"user: expected a string, got a list"),
     ("unknown field", {"messages": M, "foo": 1}, "foo", rf"foo: unsupported field \(supported: {CHAT_FIELDS}\)"),
     ("OpenAI's presence_penalty", {"messages": M, "presence_penalty": 0.5}, "presence_penalty",
-     r"presence_penalty: unsupported field.*"),
+     r"presence_penalty: only 0 is accepted \(penalties are not implemented here\), got 0\.5"),
+    ("frequency_penalty not 0", {"messages": M, "frequency_penalty": -1}, "frequency_penalty",
+     r"frequency_penalty: only 0 is accepted \(penalties are not implemented here\), got -1\.0"),
+    ("logit_bias not empty", {"messages": M, "logit_bias": {"50": 5}}, "logit_bias",
+     r"logit_bias: only \{\} is accepted \(logit biases are not implemented here\), got a dict"),
+    ("logit_bias not an object", {"messages": M, "logit_bias": [1]}, "logit_bias",
+     r"logit_bias: expected an object, got a list"),
+    ("store true", {"messages": M, "store": True}, "store",
+     r"store: only false is accepted \(replies are not stored here\), got True"),
+    ("metadata with a number", {"messages": M, "metadata": {"a": 1}}, "metadata",
+     r"metadata: expected an object of string values, got 1"),
+    ("service_tier flex", {"messages": M, "service_tier": "flex"}, "service_tier",
+     r"service_tier: only 'auto' or 'default' is accepted \(there is one tier\), got 'flex'"),
+    ("max_tokens past int32", {"messages": M, "max_tokens": 10**23}, "max_tokens",
+     rf"max_tokens: must be {TOKENS}, got 100000000000000000000000"),
+    ("max_completion_tokens past int32", {"messages": M, "max_completion_tokens": 2**31}, "max_completion_tokens",
+     rf"max_completion_tokens: must be {TOKENS}, got 2147483648"),
+    ("top_k past int32", {"messages": M, "top_k": 2**40}, "top_k", rf"top_k: must be {TOKENS}, got 1099511627776"),
+    ("seed past int64", {"messages": M, "seed": 1e30}, "seed",
+     r"seed: must be <= 9223372036854775807, got 1000000000000000019884624838656"),
+    ("seed past int64 (prompt form)", {"prompt": "p", "seed": 2**63}, "seed",
+     r"seed: must be <= 9223372036854775807, got 9223372036854775808"),
     ("logprobs not a boolean", {"messages": M, "logprobs": 1}, "logprobs", r"logprobs: expected true or false, got 1"),
     ("top_logprobs over 20", {"messages": M, "logprobs": True, "top_logprobs": 21}, "top_logprobs",
      r"top_logprobs: must be between 0 and 20, got 21"),
@@ -283,6 +315,24 @@ def test_declared_chat_columns_the_model_does_not_implement_are_refused_by_name(
     assert error.param == column and error.message.startswith(f"{column}: unsupported field")
 
 
+def test_the_largest_accepted_integers_pass_mlflow_schema_enforcement():
+    body = {"messages": M, "max_tokens": 2**31 - 1, "max_completion_tokens": 2**31 - 1, "top_k": 2**31 - 1,
+            "seed": 2**63 - 1, "n": 8, "logprobs": True, "top_logprobs": 20}
+    enforced = _enforce_schema(body, chat_or_prompt_signature().inputs).to_dict(orient="records")
+    assert parse_request(enforced[0]) == parse_request(body)
+
+
+def test_neutral_chat_fields_pass_mlflow_schema_enforcement_and_non_neutral_ones_reach_the_model():
+    schema = chat_or_prompt_signature().inputs
+    neutral = {"messages": M, "frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "store": False,
+               "metadata": {"a": "b"}, "service_tier": "default", "logprobs": False, "top_logprobs": 0}
+    enforced = _enforce_schema(neutral, schema).to_dict(orient="records")[0]
+    assert parse_request(enforced) == parse_request({"messages": M})
+    for field, value in (("logit_bias", {"7": 1}), ("store", True), ("service_tier", "priority")):
+        enforced = _enforce_schema({"messages": M, field: value}, schema).to_dict(orient="records")[0]
+        assert refusal(enforced).param == field  # declared: refused by name, not dropped by MLflow
+
+
 # -- errors: HTTP 400 with param as data -----------------------------------------------------------------------------
 
 def test_request_errors_are_mlflow_invalid_parameter_value_carrying_param():
@@ -313,6 +363,22 @@ def test_other_bad_requests_have_no_param_and_failures_are_500_without_details()
     assert status == 500 and body["error"]["type"] == "server_error"
     assert "secret" not in body["error"]["message"] and "RuntimeError" in body["error"]["message"]
     assert openai_error(MlflowException("boom"))[0] == 500  # INTERNAL_ERROR is not a bad request
+
+
+def test_mlflow_schema_enforcement_failures_become_a_short_400_naming_the_column():
+    from mlflow.pyfunc import _validate_prediction_input
+
+    with pytest.raises(MlflowException) as caught:
+        _validate_prediction_input({"messages": M, "max_tokens": 10**23}, None, chat_or_prompt_signature().inputs, None)
+    assert len(caught.value.message) > 1000  # MLflow's message: the data and the whole schema
+    status, body = openai_error(caught.value)
+    assert status == 400 and body["error"]["param"] == "max_tokens"
+    assert body["error"]["message"].startswith("max_tokens: Incompatible input types for column max_tokens")
+    assert len(body["error"]["message"]) <= 320 and "\n" not in body["error"]["message"]
+    long = MlflowException.invalid_parameter_value("first line " + "x" * 500 + "\nsecond line")
+    status, body = openai_error(long)
+    assert status == 400 and body["error"]["param"] is None
+    assert len(body["error"]["message"]) <= 300 and "second" not in body["error"]["message"]
 
 
 # -- the request models are whole at import --------------------------------------------------------------------------

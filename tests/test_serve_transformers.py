@@ -101,6 +101,16 @@ def test_n_gives_that_many_choices(server):
     assert len(reply.choices) == 2 and reply.usage.completion_tokens == 8
 
 
+def test_n_seeded_choices_are_distinct_samples_reproducible_as_a_set(fixture_fetch_run):
+    uri = logged(log_transformers, fixture_fetch_run, "--model_name", "sampling", "--do_sample", "true")
+    local = mlflow.artifacts.download_artifacts(uri)
+    adapter = TransformersChat(local, Model.load(str(Path(local) / "MLmodel")))
+    request = {"messages": MESSAGES, "max_tokens": 8, "n": 3, "temperature": 1.0, "seed": 7}
+    texts = [c["message"]["content"] for c in adapter.predict(request)[0]["choices"]]
+    assert len(set(texts)) == 3
+    assert [c["message"]["content"] for c in adapter.predict(request)[0]["choices"]] == texts
+
+
 @pytest.fixture
 def hub_cache(monkeypatch, tmp_path, fixture_fetch_run):
     """A hub cache holding the fixture as `acme/tiny-chat` (no network: HF_HUB_OFFLINE is set for every test)."""

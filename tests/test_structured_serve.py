@@ -130,6 +130,28 @@ def test_streamed_tool_calls_arrive_in_openai_delta_form(base):
         (c.function.name, c.function.arguments) for c in whole.choices[0].message.tool_calls]  # greedy: the same
 
 
+def test_a_repeated_call_is_never_returned_when_max_tokens_cuts_the_reply(base):
+    """A small model repeats its call until max_tokens: a cut inside the repeat must not bring it back (whole or
+    streamed), while a longer budget ends at the repeat with tool_calls."""
+    api = client(base)
+    city_only = [{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather",
+                                                   "parameters": obj({"city": {"type": "string"}})}}]
+    kwargs = {"model": "m", "messages": ASK_WEATHER, "tools": city_only, "tool_choice": "required"}
+    ended = api.chat.completions.create(max_tokens=200, **kwargs).choices[0]
+    assert ended.finish_reason == "tool_calls" and len(ended.message.tool_calls) == 1
+    expected = [(c.function.name, c.function.arguments) for c in ended.message.tool_calls]
+    for max_tokens in (40, 50, 60):
+        whole = api.chat.completions.create(max_tokens=max_tokens, **kwargs).choices[0]
+        assert [(c.function.name, c.function.arguments) for c in whole.message.tool_calls] == expected, max_tokens
+        calls: dict[int, list[str]] = {}
+        for chunk in api.chat.completions.create(max_tokens=max_tokens, stream=True, **kwargs):
+            for part in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+                entry = calls.setdefault(part.index, ["", ""])
+                entry[0] += part.function.name or ""
+                entry[1] += part.function.arguments or ""
+        assert [tuple(c) for c in calls.values()] == expected, max_tokens  # no delta of the repeat either
+
+
 def test_a_tool_round_trip_renders_and_continues(base):
     api = client(base)
     first = api.chat.completions.create(model="m", messages=ASK_WEATHER, tools=TOOLS, tool_choice="required",

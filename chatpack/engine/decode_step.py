@@ -4,7 +4,8 @@
 incremental detokenising (``tokenizer.create_stream()``), stop sequences (cut from the text) and the row's own
 ``max_tokens``. While a stop sequence might still be forming, its possible start is held back, so a stop sequence
 never leaks into a stream. A reply that may hold tool calls also has a :class:`~chatpack.engine.tool_calls.CallGuard`,
-which may end it early or hold back a call that could be a repeat; stop sequences then apply to free text only.
+which may end it early or hold back a call that could be a repeat (a reply that ends while one is held back ends
+without it); stop sequences then apply to free text only.
 :func:`decode` drives a generator's rows step by step; a single request is a generator of one row, a batch one of
 several, and both go through the same step. A reply that asked for logprobs has a
 :class:`~chatpack.engine.logprobs.TokenTrack`: :func:`decode` then reads each step's logits before the next token, and
@@ -46,6 +47,7 @@ class RowDecoder:
         self._detokenize = tokenizer.create_stream()
         self._eos_ids, self._stops, self._max_new, self._guard = eos_ids, stops, max_new, guard
         self._emitted = 0  # characters of ``text`` already handed out
+        self._held_call = 0  # trailing characters the guard holds back: a call that may yet repeat an earlier one
 
     @property
     def done(self) -> bool:
@@ -65,23 +67,31 @@ class RowDecoder:
         if self.track is not None:
             self.track.note(token, logits, start, len(self.text))
         cut, hold = self._guard.check(self.text) if self._guard else (None, 0)
+        self._held_call = hold
         stops = self._stops if self._guard is None or self._guard.in_text else ()
         if cut is None:
             cut = find_stop(self.text, stops, self._emitted)
         if cut is not None:
-            self.text = self.text[:cut]
-            if self.track is not None:
-                self.track.cut(cut)
+            self._cut(cut)
             return self.finish("stop")
         if self.state.completion_tokens >= self._max_new:
             return self.finish("length")
         return self._emit(len(self.text) - max(hold, held_back(self.text, stops)))
 
     def finish(self, reason: str = "length") -> str:
-        """End the row (if it has not ended yet) for ``reason``; return the text not handed out yet."""
+        """End the row (if it has not ended yet) for ``reason``; return the text not handed out yet. A call the guard
+        still holds back (the reply ended, at ``max_tokens`` or the context end, while it repeated an earlier call so
+        far) is dropped: it would be a copy, or a cut-off start, of a call the reply already has."""
         if self.state.finish_reason is None:
             self.state.finish_reason = reason
+            if self._held_call:
+                self._cut(len(self.text) - self._held_call)
         return self._emit(len(self.text))
+
+    def _cut(self, at: int) -> None:
+        self.text = self.text[:at]
+        if self.track is not None:
+            self.track.cut(at)
 
     def _emit(self, upto: int) -> str:
         if self.track is not None:  # text goes out with its tokens: up to a token boundary (all of it at the end)

@@ -1,7 +1,8 @@
 """Request options -> onnxruntime-genai search options (``GeneratorParams.set_search_options`` keyword arguments).
 
 Greedy unless ``temperature > 0``: ``temperature``/``top_p``/``top_k``/``seed`` are passed only when sampling (the
-0.18 bindings ignore them without ``do_sample``). ``max_length`` counts the prompt (the padded width, for a batch)
+0.18 bindings ignore them without ``do_sample``). onnxruntime-genai takes a 32-bit seed: a larger ``seed`` (requests
+take any int64) is used modulo 2**31. ``max_length`` counts the prompt (the padded width, for a batch)
 plus the new tokens and may not exceed the model's context.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from chatpack.protocol.chat_request import GenerationOptions
 
+GENAI_SEEDS = 2**31  # random_seed is an int32 in onnxruntime-genai 0.18 (larger ones fail to convert)
 GREEDY = GenerationOptions()  # what a batch runs with: rows share one generator, so one set of search options
 
 
@@ -27,5 +29,5 @@ def search_options(options: GenerationOptions, prompt_tokens: int, max_new: int,
         if options.top_k is not None:
             search["top_k"] = options.top_k
         if options.seed is not None:
-            search["random_seed"] = options.seed
+            search["random_seed"] = options.seed % GENAI_SEEDS
     return search

@@ -9,6 +9,7 @@ between 0 and 2, got 3``) and hands the engine plain :class:`GenerationOptions`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +17,10 @@ from pydantic import ValidationError
 
 from chatpack.protocol.errors import RequestError
 from chatpack.protocol.reply_format import Guidance, ReplyFormat, read_reply_format
-from chatpack.protocol.request_model import ChatBody, ChatMessage, PromptBody, present
-from chatpack.protocol.validation_text import explain
+from chatpack.protocol.request_model import MAX_SEED, NEUTRAL_CHAT_FIELDS, ChatBody, ChatMessage, PromptBody, present
+from chatpack.protocol.validation_text import explain, shown
 
-__all__ = ["ChatRequest", "GenerationOptions", "RequestError", "parse_request", "validate_body"]
+__all__ = ["ChatRequest", "GenerationOptions", "RequestError", "choice_seed", "parse_request", "validate_body"]
 _ECHOED = {"function": {"parsed_arguments"}}  # what openai's parse() adds to a call: not part of the conversation
 
 
@@ -51,6 +52,17 @@ class GenerationOptions:
             logprobs=self.logprobs,
         )
 
+    def for_choice(self, index: int) -> GenerationOptions:
+        """The options of choice ``index`` of ``n``: its own seed (:func:`choice_seed`), the rest the same."""
+        seed = choice_seed(self.seed, index)
+        return self if seed == self.seed else dataclasses.replace(self, seed=seed)
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """The seed of choice ``index`` (0-based) of a request that set ``seed``: ``seed + index``, as vLLM does, so that
+    n sampled choices differ and the same request gives the same n choices again (wrapped to stay an int64)."""
+    return None if seed is None else (seed + index) % (MAX_SEED + 1)
+
 
 @dataclass(frozen=True)
 class ChatRequest:
@@ -74,10 +86,21 @@ def validate_body(body: Any) -> ChatBody | PromptBody:
         raise RequestError("messages", "messages: required (a non-empty list of {role, content} objects)")
     model: type[ChatBody] | type[PromptBody] = ChatBody if has_messages else PromptBody
     try:
-        return model.model_validate(body)
+        request = model.model_validate(body)
     except ValidationError as exc:
         param, message = explain(exc, model)
         raise RequestError(param, message) from None
+    if isinstance(request, ChatBody):
+        refuse_unimplemented(request)
+    return request
+
+
+def refuse_unimplemented(request: ChatBody) -> None:
+    """Refuse, by name, an unimplemented field (:data:`NEUTRAL_CHAT_FIELDS`) set to anything but its neutral value."""
+    for name, (neutral, allowed, why) in NEUTRAL_CHAT_FIELDS.items():
+        value = getattr(request, name)
+        if value is not None and not neutral(value):
+            raise RequestError(name, f"{name}: only {allowed} is accepted ({why}), got {shown(value)}")
 
 
 def parse_request(body: Any) -> ChatRequest:
@@ -102,7 +125,7 @@ def parse_request(body: Any) -> ChatRequest:
 
 def logprobs(asked: bool | None, top: int | None) -> int | None:
     """How many alternatives per token to report (None: no logprobs): OpenAI's ``logprobs`` + ``top_logprobs``."""
-    if top is not None and not asked:
+    if top and not asked:  # top_logprobs: 0 is the neutral value clients send with logprobs: false
         raise RequestError("top_logprobs", "top_logprobs: requires logprobs: true")
     return (top or 0) if asked else None
 

@@ -4,16 +4,21 @@ OpenAI's error body ``{"error": {"message", "type", "param", "code"}}`` through 
 ``RequestError`` is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, so the pyfunc raises it as is and
 ``mlflow models serve`` answers HTTP 400 with its message (and ``param``). The server reads ``param`` with ``getattr``
 from any 400 ``MlflowException``: a model loaded with its own copy of this package raises its own ``RequestError``
-class, a different class object from the server's.
+class, a different class object from the server's. Any other 400 ``MlflowException`` (MLflow's schema enforcement
+refusing a row) is cut to a short message naming the column it names (:func:`short_message`), never the schema dump.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+MAX_MESSAGE = 300  # characters of a foreign 400 message that reach the caller (MLflow's can hold the whole schema)
+_SCHEMA_FAILURE = re.compile(r"^Failed to enforce schema of data .*\. Error: ", re.DOTALL)
+_COLUMN = re.compile(r"\b(?:column|key|field)s? [`'\"]?(\w+)")
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_exceeded",
                500: "server_error", 503: "service_unavailable"}
 
@@ -36,9 +41,24 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
     return {"error": {"message": message, "type": kind, "param": param, "code": kind}}
 
 
+def short_message(message: str) -> tuple[str, str | None]:
+    """(message, param) of a 400 that is not ours, such as MLflow's schema enforcement failing, whose message embeds the
+    request and the whole schema: the reason only (MLflow's ``Error: ...`` part), its first line, at most
+    :data:`MAX_MESSAGE` characters, led by the column it names (``param``) when it names one."""
+    reason = _SCHEMA_FAILURE.sub("", message, count=1).strip()
+    reason = (reason.splitlines() or [""])[0].strip() or "the request does not match the model's input schema"
+    if len(reason) > MAX_MESSAGE:
+        reason = reason[:MAX_MESSAGE - 3].rstrip() + "..."
+    column = _COLUMN.search(reason)
+    param = column.group(1) if column else None
+    return (f"{param}: {reason}" if param and not reason.startswith(param) else reason), param
+
+
 def openai_error(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """(HTTP status, OpenAI error body) for an exception raised while answering a request: 400 naming ``param`` for a
     bad request, 500 without internals otherwise."""
     if isinstance(exc, MlflowException) and exc.get_http_status_code() == 400:
-        return 400, error_body(400, exc.message, getattr(exc, "param", None))
+        if hasattr(exc, "param"):  # a RequestError, ours or a served model's copy of it: our own words
+            return 400, error_body(400, exc.message, exc.param)
+        return 400, error_body(400, *short_message(exc.message))
     return 500, error_body(500, f"generation failed: {type(exc).__name__}")

@@ -19,6 +19,11 @@ ROLES = ("system", "user", "assistant", "developer", "tool")  # developer is Ope
 MAX_STOP_SEQUENCES = 4
 MAX_N = 8
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
+# Upper bounds of integers, so that every accepted number fits the logged model's signature (MLflow's ``long``
+# columns are int64: a larger number would fail its schema enforcement, with a message that dumps the whole schema).
+MAX_SEED = 2**63 - 1  # int64, OpenAI's seed type
+MAX_TOKENS = 2**31 - 1  # int32, what onnxruntime-genai counts tokens in (the model's context caps it long before)
+MAX_TOP_K = 2**31 - 1
 Role = Literal["system", "user", "assistant", "developer", "tool"]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -113,13 +118,13 @@ class StreamOptions(_Normalised):
 class _Options(_Strict):
     """Options both forms take; ``None`` means "not set" (the logged model's defaults apply)."""
 
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
     stop: list[NonEmptyStr] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
     n: int | None = Field(None, ge=1, le=MAX_N)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # choice i of n samples with seed + i (see choice_seed)
     stream: bool = False
     model: str | None = None  # the server answers with the model it serves, whatever is asked for
     logprobs: bool | None = None  # each reply token's log-probability (see chatpack.engine.logprobs)
@@ -140,7 +145,7 @@ class ChatBody(_Options):
     """An OpenAI chat-completions request (the fields we implement; the others are refused by name)."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)  # OpenAI's newer name for max_tokens
     stream_options: StreamOptions | None = None
     user: str | None = None
     # The reply's shape; checked field by field in chatpack.protocol.reply_format (paths and sizes).
@@ -148,6 +153,13 @@ class ChatBody(_Options):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # Not implemented: accepted at their neutral value only (clients send the defaults; see NEUTRAL_CHAT_FIELDS).
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None  # any string pairs: ignored
+    service_tier: str | None = None
 
     @field_validator("max_completion_tokens", mode="before")
     @classmethod
@@ -162,6 +174,15 @@ class PromptBody(_Options):
     # Answer with an OpenAI ``text_completion`` object (text, finish_reason, logprobs, usage) instead of the string.
     text_completion: bool | None = None
 
+
+# ChatBody's unimplemented fields: (is the value neutral?, the neutral values in words, why nothing else is accepted).
+NEUTRAL_CHAT_FIELDS: dict[str, tuple[Any, str, str]] = {
+    "frequency_penalty": (lambda v: v == 0, "0", "penalties are not implemented here"),
+    "presence_penalty": (lambda v: v == 0, "0", "penalties are not implemented here"),
+    "logit_bias": (lambda v: not v, "{}", "logit biases are not implemented here"),
+    "store": (lambda v: v is False, "false", "replies are not stored here"),
+    "service_tier": (lambda v: v in ("auto", "default"), "'auto' or 'default'", "there is one tier"),
+}
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (ToolCallFunction, MessageToolCall, ChatMessage, StreamOptions, ChatBody,
                                                PromptBody)

@@ -45,10 +45,16 @@ EXPECTED = {
     "logprobs": "true or false",
     "text_completion": "true or false",
     "user": "a string",
+    "logit_bias": "an object",
+    "metadata": "an object of string values",
+    "store": "true or false",
+    "service_tier": "a string",
 }
+LIMIT = 2**31 - 1  # upper bounds from here on are integer size limits (what the model's signature holds)
 _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 _CONVERSATION = ("messages", "prompt")
-_WHOLE = ("stop", "tools", "tool_choice", "response_format")  # errors inside these are reported for the field
+# Errors inside these are reported for the field:
+_WHOLE = ("stop", "tools", "tool_choice", "response_format", "logit_bias", "metadata")
 
 
 def explain(exc: ValidationError, model: type[BaseModel]) -> tuple[str | None, str]:
@@ -67,15 +73,16 @@ def explain(exc: ValidationError, model: type[BaseModel]) -> tuple[str | None, s
     if kind == "missing":
         return param, f"{path}: required ({_expected(model, loc, key)})"
     if kind == "literal_error":
-        return param, f"{path}: {_shown(value)} is not {_expected(model, loc, key)}"
+        return param, f"{path}: {shown(value)} is not {_expected(model, loc, key)}"
     if kind in _BOUND_ERRORS and len(loc) == 1:
-        return param, f"{path}: must be {_bounds(model.model_fields[path])}, got {value}"
+        exceeded = kind in ("less_than", "less_than_equal")
+        return param, f"{path}: must be {_bounds(model.model_fields[path], exceeded)}, got {value}"
     if kind == "too_short" and param in _CONVERSATION:
         return param, f"{path}: must not be empty"
     if kind == "too_long":
         limit, actual = (error.get("ctx") or {}).get("max_length"), len(value) if hasattr(value, "__len__") else "?"
         return param, f"{path}: at most {limit} {'sequences' if param == 'stop' else 'entries'}, got {actual}"
-    return param, f"{path}: expected {_expected(model, loc, key)}, got {_shown(value)}"
+    return param, f"{path}: expected {_expected(model, loc, key)}, got {shown(value)}"
 
 
 def _owner(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
@@ -124,8 +131,10 @@ def _expected(model: type[BaseModel], loc: tuple[Any, ...], key: str) -> str:
     return f"{noun} {bounds}" if bounds else noun
 
 
-def _bounds(field: FieldInfo) -> str:
-    """The field's numeric bounds in words: ``between 0 and 2``, ``in (0, 1]``, ``>= 1``."""
+def _bounds(field: FieldInfo, exceeded: bool = False) -> str:
+    """The field's numeric bounds in words: ``between 0 and 2``, ``in (0, 1]``, ``>= 1``. An upper bound of
+    :data:`LIMIT` or more is an integer's size limit, not a range: said only to a value that ``exceeded`` it
+    (``<= 2147483647``)."""
     rules: dict[str, Any] = {}
     for rule in field.metadata:
         if isinstance(rule, Ge):
@@ -134,13 +143,22 @@ def _bounds(field: FieldInfo) -> str:
             rules["gt"] = rule.gt
         elif isinstance(rule, Le):
             rules["le"] = rule.le
+    if rules.get("le", 0) >= LIMIT:
+        if exceeded:
+            return f"<= {_number(rules['le'])}"
+        del rules["le"]
     if "le" in rules:
-        return (f"between {rules['ge']:g} and {rules['le']:g}" if "ge" in rules
-                else f"in ({rules.get('gt', 0):g}, {rules['le']:g}]")
-    return f">= {rules['ge']:g}" if "ge" in rules else ""
+        return (f"between {_number(rules['ge'])} and {_number(rules['le'])}" if "ge" in rules
+                else f"in ({_number(rules.get('gt', 0))}, {_number(rules['le'])}]")
+    return f">= {_number(rules['ge'])}" if "ge" in rules else ""
 
 
-def _shown(value: Any) -> str:
+def _number(bound: float) -> str:
+    """A bound as written: integers in full (``9223372036854775807``), other numbers short (``0.5``)."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def shown(value: Any) -> str:
     """A short value as written (``'ten'``, ``5``); anything longer or nested by its type."""
     if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 60:
         return repr(value)

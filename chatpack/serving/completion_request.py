@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chatpack.protocol.errors import RequestError
-from chatpack.protocol.request_model import MAX_N, MAX_STOP_SEQUENCES, StreamOptions, present
+from chatpack.protocol.request_model import MAX_N, MAX_SEED, MAX_STOP_SEQUENCES, MAX_TOKENS, StreamOptions, present
 from chatpack.protocol.validation_text import explain
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -32,11 +32,11 @@ class CompletionBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     prompt: str | list[str]
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # choice i of n samples with seed + i
     n: int | None = Field(None, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None

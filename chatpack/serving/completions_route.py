@@ -5,7 +5,8 @@ raw-prompt row with ``"text_completion": true`` (:mod:`chatpack.serving.completi
 ``text_completion`` object (text, ``finish_reason``, legacy ``logprobs``, ``usage``); this route merges those into one
 reply under one ``cmpl-`` id, with the served model's name and summed usage. ``"stream": true`` answers Server-Sent
 Events of ``text_completion`` chunks, the choices one after another, ending with ``data: [DONE]``; with
-``stream_options.include_usage`` a last chunk with no choices carries ``usage``.
+``stream_options.include_usage`` a last chunk with no choices carries ``usage``. With ``n`` > 1 and a ``seed``,
+choice i samples with ``seed + i``, streamed or not (the same choices either way).
 
 Only models that declare ``text_completion`` in their features (ONNX models logged by chatpack) are asked; others
 are refused naming ``prompt`` rather than answered without ``finish_reason`` and ``usage``. One request is admitted
@@ -23,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from chatpack.protocol.chat_request import choice_seed
 from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import text_completion, usage
 from chatpack.serving.chat_payload import model_features
@@ -47,6 +49,12 @@ def merged(name: str, replies: list[dict[str, Any]]) -> dict[str, Any]:
     prompt_tokens = sum(r["usage"]["prompt_tokens"] for r in replies)
     completion_tokens = sum(r["usage"]["completion_tokens"] for r in replies)
     return text_completion(name, choices, usage(prompt_tokens, completion_tokens))
+
+
+def choice_row(row: dict[str, Any], index: int) -> dict[str, Any]:
+    """The model row of choice ``index`` of a streamed prompt (streams are asked one choice at a time): a seeded row
+    gets that choice's seed, as the whole reply's choices get theirs (:func:`choice_seed`)."""
+    return row if row.get("seed") is None else {**row, "seed": choice_seed(row["seed"], index)}
 
 
 def register(app: FastAPI, served: ServedModel) -> None:
@@ -83,8 +91,8 @@ def register(app: FastAPI, served: ServedModel) -> None:
             """Each prompt's n choices streamed one after another, renumbered; usage summed for the last chunk."""
             totals, index = [0, 0], 0
             for row in completion.rows:
-                for _ in range(completion.n):
-                    produced = served.model.predict_stream(row)
+                for choice in range(completion.n):
+                    produced = served.model.predict_stream(choice_row(row, choice))
                     try:
                         for chunk in produced:
                             used = chunk.pop("usage", None)

@@ -205,9 +205,9 @@ class TransformersChat:
     def predict(self, payload: Any, params: Any = None) -> list[dict[str, Any]]:
         prompt_ids, options = self._request(payload)
         choices, completion_tokens = [], 0
-        for _ in range(options.n):
+        for i in range(options.n):  # choice i samples with seed + i: n distinct samples, reproducible as a set
             state = StreamState(len(prompt_ids))
-            text = "".join(self._marked(self._pieces(prompt_ids, options, state)))
+            text = "".join(self._marked(self._pieces(prompt_ids, options.for_choice(i), state)))
             choices.append((text, state.finish_reason or "length"))
             completion_tokens += state.completion_tokens
         return [chat_completion(self.model_name, choices, len(prompt_ids), completion_tokens)]

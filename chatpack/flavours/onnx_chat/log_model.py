@@ -38,8 +38,9 @@ RUNTIME_FILES = ("chatpack/__init__.py", "chatpack/flavours/__init__.py", "chatp
                  "chatpack/flavours/onnx_chat/pyfunc_model.py")
 
 # Fields of MLflow's chat schema that the request models refuse by name. Declared anyway: MLflow drops undeclared
-# fields silently, declared ones reach the model, which answers 400 naming them.
-REFUSED_CHAT_COLUMNS = ("frequency_penalty", "presence_penalty", "custom_inputs")
+# fields silently, declared ones reach the model, which answers 400 naming them. (``frequency_penalty`` and
+# ``presence_penalty`` are request-model fields: accepted at 0, refused by name otherwise.)
+REFUSED_CHAT_COLUMNS = ("custom_inputs",)
 # Fields of MLflow's chat schema declared from the request model instead: MLflow's ``tools`` type allows only flat
 # parameter schemas and rejects other keys inside them, so nested parameters would never reach the model.
 OWN_COLUMNS = ("tools",)

@@ -7,7 +7,8 @@ A prompt row that sets ``"text_completion": true`` is answered with an OpenAI ``
 (``choices`` with ``text``, ``finish_reason`` and legacy-shaped ``logprobs``; ``usage``), streamed as
 ``text_completion`` chunks (the last one carries ``finish_reason`` and ``usage``): what ``serve``'s
 ``/v1/completions`` wraps. ``logprobs``/``top_logprobs`` (both forms) report each token's log-probability under the
-model's own distribution (:mod:`chatpack.engine.logprobs`).
+model's own distribution (:mod:`chatpack.engine.logprobs`). With ``n`` > 1 and a ``seed``, choice i samples with
+``seed + i`` (as vLLM does): distinct samples, the same set again for the same request.
 Bad requests raise :class:`~chatpack.protocol.errors.RequestError`, an ``MlflowException`` (HTTP 400 when served) whose
 ``param`` names the field.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, TypeVar
 
 import mlflow
@@ -140,8 +142,8 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
 
     def _answer(self, request: ChatRequest) -> Any:
         prompt_ids, options = self._prompt_ids(request), self._options(request)
-        results = [self._constrained(request, lambda: self.engine.complete(prompt_ids, options))
-                   for _ in range(request.options.n)]
+        results = [self._constrained(request, partial(self.engine.complete, prompt_ids, options.for_choice(i)))
+                   for i in range(request.options.n)]
         completion_tokens = sum(r.completion_tokens for r in results)
         if request.prompt is not None and request.text_completion:
             return text_completion(self.model_name, [(r.text, r.finish_reason, legacy_logprobs(r.logprobs))
