@@ -208,6 +208,15 @@ def test_search_options_sample_only_above_temperature_zero_and_stay_inside_the_c
     assert search_options(big, 1, 1, 512)["random_seed"] == (2**63 - 1) % 2**31
 
 
+def test_a_top_k_above_the_vocabulary_samples_from_every_token(engine):
+    ids = chat(engine, "Tell me a story.")
+    vocab = engine.genai.vocab_size
+    assert vocab and search_options(GenerationOptions(temperature=1.0, top_k=10**6), 1, 1, 512, 1, vocab)["top_k"] \
+        == vocab
+    wide = engine.complete(ids, GenerationOptions(max_tokens=6, temperature=1.0, top_k=10**6, seed=3))
+    assert wide.text == engine.complete(ids, GenerationOptions(max_tokens=6, temperature=1.0, top_k=vocab, seed=3)).text
+
+
 def test_n_seeded_choices_sample_with_seed_plus_index_and_greedy_ones_agree(engine):
     ids = chat(engine, "Tell me a story.")
     seeded = GenerationOptions(max_tokens=12, temperature=1.0, seed=7, n=3)

@@ -46,6 +46,7 @@ class GenaiModel:
         self.tokenizer = og.Tokenizer(self.model)
         facts = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]
         self.context_length = int(facts["context_length"])
+        self.vocab_size = int(facts["vocab_size"]) if facts.get("vocab_size") else None
         eos = facts.get("eos_token_id", [])
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = int(facts.get("pad_token_id", next(iter(self.eos_ids), 0)))
@@ -58,7 +59,8 @@ class GenaiModel:
     def create(self, width: int, rows: int, options: GenerationOptions, max_new: int) -> Any:
         """A generator for ``rows`` prompts of (padded) ``width`` tokens, not yet filled; compiles the constraint."""
         params = self._og.GeneratorParams(self.model)
-        params.set_search_options(**search_options(options, width, max_new, self.context_length, rows))
+        params.set_search_options(**search_options(options, width, max_new, self.context_length, rows,
+                                                  self.vocab_size))
         if options.guidance is None:
             return self._og.Generator(self.model, params)
         # No fast-forward tokens: in 0.18 forced tokens past max_length crash GroupQueryAttention.
