@@ -79,7 +79,8 @@ def answer_all(server: str, gguf: Path, rows: list[EvalRow], max_new_tokens: int
 def llama_row(evaluate_run_id: str, server: str, threads: int = 2) -> dict[str, Any]:
     """The row: quality with its interval, the paired gap to the transformers replies, speed and size."""
     run = mlflow.get_run(evaluate_run_id)
-    rows = load_eval_rows(run.data.params.get("eval_data") or DEFAULT_EVAL_DATA)
+    eval_data = run.data.params.get("eval_data", "").strip("'\"")  # MLflow logs an empty parameter as ''
+    rows = load_eval_rows(eval_data or DEFAULT_EVAL_DATA)
     max_new_tokens = int(run.data.params.get("max_new_tokens", 64))
     table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=evaluate_run_id,
                                                                  artifact_path="eval_rows.json")).read_text())
