@@ -50,9 +50,14 @@ class RequestObserver:
             await send(message)
 
         token = begin(context)
+        busy = self.tracer is not None and context.method == "POST"  # the exporter waits while requests run
+        if busy:
+            self.tracer.activity.begin()
         try:
             await self.app(scope, receive_body, send_noted)
         finally:
+            if busy:
+                self.tracer.activity.end()
             end(token)
             context.finish(context.status or 500)
             context.body = bytes(body)

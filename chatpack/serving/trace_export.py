@@ -6,10 +6,20 @@ that work waits for the GIL and then makes generation wait for it (a busy Python
 traced requests took ~9% longer). In its own process, scheduled ``SCHED_IDLE`` (only CPU time nobody else wants), it
 costs the server one pickled record per request, and the export runs when generation leaves a core idle.
 
+Idle CPU is not enough on its own: measured on 2 cores, a ``SCHED_IDLE`` exporter writing each trace as it came
+still added ~12% to request latency (30 ms of CPU per trace, taken in the gaps between decode steps, from caches and
+memory bandwidth the model needs). So the exporter also waits until the server is quiet: :class:`Activity` (shared
+memory, two numbers) counts the requests in flight and when the last one started or ended, and a trace is written
+only once none has been in flight for :data:`QUIET_SECONDS`; traces wait at most :data:`MAX_DEFER_SECONDS`, and are
+written regardless once :data:`FORCE_BACKLOG` are waiting (a server busy without pause still gets its traces, at the
+cost measured above). MLflow's own asynchronous export is off in that process, so a trace is written when the
+exporter says, not later on a thread of MLflow's.
+
 The server side, :class:`TraceExporter`, turns each finished request into a :class:`~chatpack.serving.tracing.
 TraceRecord` and puts it on a bounded queue (full: the trace is dropped and counted, never waited for). The process
 (:func:`export_loop`) resolves the experiment (created if missing), records each trace with
-:func:`~chatpack.serving.tracing.record_trace` and, when the server shuts down, flushes MLflow's export queue.
+:func:`~chatpack.serving.tracing.record_trace` when the server is quiet and, when the server shuts down, writes what
+is left.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import time
 from typing import Any
 
 from chatpack.serving.request_context import RequestContext
@@ -29,6 +40,39 @@ logger = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000  # records waiting for the exporter; more are dropped (and counted) rather than piling up
 STOP = None  # the record that tells the exporter to flush and exit
+QUIET_SECONDS = 0.2  # no request in flight for this long: the server is quiet, traces may be written
+MAX_DEFER_SECONDS = 60.0  # a trace waits for a quiet server at most this long
+FORCE_BACKLOG = 1000  # this many traces waiting: write without waiting for quiet
+
+
+class Activity:
+    """Requests in flight in the server and when that last changed (``time.monotonic``, which all processes share),
+    in shared memory: the server writes it from its event loop, the exporter reads it."""
+
+    def __init__(self, context: Any):
+        self.in_flight = context.RawValue("i", 0)
+        self.changed = context.RawValue("d", time.monotonic())
+
+    def begin(self) -> None:
+        self.in_flight.value += 1
+        self.changed.value = time.monotonic()
+
+    def end(self) -> None:
+        self.in_flight.value -= 1
+        self.changed.value = time.monotonic()
+
+    def quiet(self) -> bool:
+        return self.in_flight.value <= 0 and time.monotonic() - self.changed.value >= QUIET_SECONDS
+
+
+def wait_for_quiet(activity: Activity, records: Any) -> None:
+    """Return once the server is quiet, the backlog is long, or :data:`MAX_DEFER_SECONDS` have passed."""
+    deadline = time.monotonic() + MAX_DEFER_SECONDS
+    while not activity.quiet() and time.monotonic() < deadline:
+        with contextlib.suppress(NotImplementedError):
+            if records.qsize() >= FORCE_BACKLOG:
+                return
+        time.sleep(0.02)
 
 
 def background() -> None:
@@ -40,7 +84,7 @@ def background() -> None:
             os.nice(19)
 
 
-def export_loop(records: Any, settings: TraceSettings, tracking_uri: str) -> None:
+def export_loop(records: Any, settings: TraceSettings, tracking_uri: str, activity: Activity) -> None:
     """The exporter process: record every trace that arrives until :data:`STOP` (or until the server is gone), then
     flush and return. Ctrl-C and SIGTERM are for the server, which stops this process once it has handed over the
     last trace; a signal to the whole process group would otherwise lose the traces still queued."""
@@ -50,6 +94,7 @@ def export_loop(records: Any, settings: TraceSettings, tracking_uri: str) -> Non
     background()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     use_export_defaults()
+    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # written when this loop says, see the module docstring
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -68,6 +113,7 @@ def export_loop(records: Any, settings: TraceSettings, tracking_uri: str) -> Non
             continue
         if record is STOP:
             break
+        wait_for_quiet(activity, records)
         if experiment is not None:
             try:
                 record_trace(record, settings, experiment)
@@ -83,8 +129,9 @@ class TraceExporter:
         self.settings, self.served = settings, served
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the model, locks or threads
         self._records = context.Queue(MAX_PENDING)
+        self.activity = Activity(context)
         self._process = context.Process(target=export_loop, name="chatpack-trace-export", daemon=True,
-                                        args=(self._records, settings, _tracking_uri()))
+                                        args=(self._records, settings, _tracking_uri(), self.activity))
 
     def start(self) -> None:
         self._process.start()
