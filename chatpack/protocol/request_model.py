@@ -50,6 +50,16 @@ def present(data: Any) -> Any:
     return data
 
 
+def integral_float(cls: type, value: Any) -> Any:
+    """An integer field's value: an integral float (pandas' optional int columns hold ``5.0``) as an int."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def one_stop(cls: type, value: Any) -> Any:
+    """``stop``'s value: a single string as a list of one."""
+    return [value] if isinstance(value, str) else value
+
+
 class _Normalised(BaseModel):
     """Unset entries dropped and numpy values made plain before validation, at every level of the request."""
 
@@ -130,15 +140,9 @@ class _Options(_Strict):
     logprobs: bool | None = None  # each reply token's log-probability (see chatpack.engine.logprobs)
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # and its step's most likely alternatives
 
-    @field_validator("max_tokens", "top_k", "n", "seed", "top_logprobs", mode="before")
-    @classmethod
-    def _integral_float(cls, value: Any) -> Any:
-        return int(value) if isinstance(value, float) and value.is_integer() else value
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _one_stop(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    _integral_float = field_validator("max_tokens", "top_k", "n", "seed", "top_logprobs", mode="before")(
+        integral_float)
+    _one_stop = field_validator("stop", mode="before")(one_stop)
 
 
 class ChatBody(_Options):
@@ -161,10 +165,7 @@ class ChatBody(_Options):
     metadata: dict[str, str] | None = None  # any string pairs: ignored
     service_tier: str | None = None
 
-    @field_validator("max_completion_tokens", mode="before")
-    @classmethod
-    def _integral_float_too(cls, value: Any) -> Any:
-        return int(value) if isinstance(value, float) and value.is_integer() else value
+    _integral_float_too = field_validator("max_completion_tokens", mode="before")(integral_float)
 
 
 class PromptBody(_Options):

@@ -17,7 +17,16 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chatpack.protocol.errors import RequestError
-from chatpack.protocol.request_model import MAX_N, MAX_SEED, MAX_STOP_SEQUENCES, MAX_TOKENS, StreamOptions, present
+from chatpack.protocol.request_model import (
+    MAX_N,
+    MAX_SEED,
+    MAX_STOP_SEQUENCES,
+    MAX_TOKENS,
+    StreamOptions,
+    integral_float,
+    one_stop,
+    present,
+)
 from chatpack.protocol.validation_text import explain
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -51,15 +60,9 @@ class CompletionBody(BaseModel):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
 
-    @field_validator("max_tokens", "seed", "n", "logprobs", "best_of", mode="before")
-    @classmethod
-    def _integral_float(cls, value: Any) -> Any:
-        return int(value) if isinstance(value, float) and value.is_integer() else value
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _one_stop(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    _integral_float = field_validator("max_tokens", "seed", "n", "logprobs", "best_of", mode="before")(
+        integral_float)
+    _one_stop = field_validator("stop", mode="before")(one_stop)
 
 
 @dataclass(frozen=True)
