@@ -15,15 +15,19 @@ time. On the bundled model this makes a 340-prompt evaluation ~3-10x faster than
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from itertools import groupby
+from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from chatpack.evaluation.data import EvalRow
@@ -189,14 +193,35 @@ def _child(queue, *args) -> None:
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
+@contextlib.contextmanager
+def _this_package_first() -> Iterator[None]:
+    """The spawned child imports ``chatpack`` from where this module came from. A process that has loaded a logged
+    model in-process (tests do) has that model's ``code/`` folder, with its own partial ``chatpack``, early on
+    ``sys.path``, which the child inherits."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
 def run_flavour(model_uri: str, rows: list[EvalRow], max_new_tokens: int, label: str) -> FlavourRun:
     """Answer ``rows`` with the model at ``model_uri`` in a fresh process."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     payload = [{"id": r.id, "messages": r.messages, "max_tokens": r.budget(max_new_tokens)} for r in rows]
     proc = ctx.Process(target=_child, args=(queue, model_uri, payload, label))
-    proc.start()
-    status, result = queue.get()
+    with _this_package_first():
+        proc.start()
+    while True:  # a child that dies without a word (a crash at start-up) must not leave the parent waiting forever
+        try:
+            status, result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():
+                status, result = "error", f"the evaluation process exited with code {proc.exitcode} and no result"
+                break
     proc.join()
     if status != "ok":
         raise RuntimeError(f"evaluating {label} ({model_uri}) failed: {result}")
