@@ -29,7 +29,7 @@ from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import text_completion, usage
 from chatpack.serving.chat_payload import model_features
 from chatpack.serving.completion_request import CompletionRequest, parse_completion
-from chatpack.serving.generation import as_error, data_events, error_response, read_body, stream_items
+from chatpack.serving.generation import as_error, data_events, read_body, refused_if_busy, stream_items
 from chatpack.serving.served_model import ServedModel
 
 ROUTE = "/v1/completions"
@@ -70,8 +70,8 @@ def register(app: FastAPI, served: ServedModel) -> None:
             check_completions(served)
         except RequestError as exc:
             return as_error(exc)
-        if not served.admit():
-            return error_response(429, f"server busy: {served.queue_size} requests already queued; retry later")
+        if (busy := refused_if_busy(served)) is not None:
+            return busy
         if completion.stream:
             return await _stream(completion)
         loop = asyncio.get_running_loop()

@@ -87,6 +87,13 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def refused_if_busy(served: ServedModel) -> JSONResponse | None:
+    """Admit the request (None), or the 429 response when ``queue_size`` requests are already admitted."""
+    if served.admit():
+        return None
+    return error_response(429, f"server busy: {served.queue_size} requests already queued; retry later")
+
+
 async def stream_items(served: ServedModel, chunks: Callable[[], Iterator[dict[str, Any]]]
                        ) -> JSONResponse | AsyncIterator[dict[str, Any] | Exception]:
     """Run ``chunks()`` on the model's executor (holding the model's serial lock) and hand its chunks to the event

@@ -29,7 +29,15 @@ from chatpack.protocol.chat_request import parse_request
 from chatpack.protocol.errors import RequestError
 from chatpack.serving.chat_payload import check_structured, model_payload
 from chatpack.serving.completions_route import register as register_completions
-from chatpack.serving.generation import as_error, data_events, error_response, read_body, stream_chunks, whole_reply
+from chatpack.serving.generation import (
+    as_error,
+    data_events,
+    error_response,
+    read_body,
+    refused_if_busy,
+    stream_chunks,
+    whole_reply,
+)
 from chatpack.serving.metrics import CONTENT_TYPE, ServerMetrics
 from chatpack.serving.observer import RequestObserver
 from chatpack.serving.responses_route import register as register_responses
@@ -92,8 +100,8 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
             check_structured(chat, served)
         except RequestError as exc:
             return as_error(exc)
-        if not served.admit():
-            return error_response(429, f"server busy: {served.queue_size} requests already queued; retry later")
+        if (busy := refused_if_busy(served)) is not None:
+            return busy
         payload = model_payload(chat)
         if chat.stream:
             items = await stream_chunks(served, payload)

@@ -20,7 +20,15 @@ from fastapi.responses import JSONResponse
 from chatpack.protocol.chat_request import parse_request
 from chatpack.protocol.errors import RequestError, error_body
 from chatpack.serving.chat_payload import check_structured, model_payload
-from chatpack.serving.generation import error_event, error_response, read_body, sse, stream_chunks, whole_reply
+from chatpack.serving.generation import (
+    error_event,
+    error_response,
+    read_body,
+    refused_if_busy,
+    sse,
+    stream_chunks,
+    whole_reply,
+)
 from chatpack.serving.responses_api import ResponsesRequest, renamed, translate
 from chatpack.serving.responses_reply import ResponseEvents, ResponseShell, response_object
 from chatpack.serving.served_model import ServedModel
@@ -59,8 +67,8 @@ def register(app: FastAPI, served: ServedModel) -> None:
         except RequestError as exc:
             param, message = renamed(exc.param, exc.message, asked.sources)
             return error_response(400, message, param)
-        if not served.admit():
-            return error_response(429, f"server busy: {served.queue_size} requests already queued; retry later")
+        if (busy := refused_if_busy(served)) is not None:
+            return busy
         shell = ResponseShell(served.name, asked.echo)
         if asked.stream:
             return await _stream(model_payload(chat), shell, asked)
