@@ -6,7 +6,12 @@ Inputs (MLproject params, same names as the flags):
   host, port  where to listen (default 127.0.0.1:8080; use 0.0.0.0 inside a container)
   queue_size  requests admitted at once (running + waiting); more get HTTP 429
   threads     compute threads for the model (ONNX: onnxruntime intra-op threads; transformers: torch threads);
-              0 = the runtime's default
+              0 (default) = this machine's physical cores; the count used is logged and reported by ``/health``
+  parallel    ONNX: the most requests decoding together (KV-cache rows); 0 = the model's logged value (8)
+  kv_cache_mb ONNX: the KV rows' memory budget in MB; 0 = the model's logged value (2048); ``/health`` states the
+              bytes per token and per row
+  speculate   ONNX: the longest prompt-lookup draft a lone greedy request verifies per pass; -1 = the model's
+              logged value (0: off)
   experiment  MLflow experiment that receives a trace per chat request (default ``chatpack-serve``)
   tracing     true (default) / false: record those traces at all
   trace_text  true (default) / false: record prompt and reply text in them (false: roles, options and counts only)
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from chatpack.serving.cpus import physical_cores
 from chatpack.serving.openai_server import serve
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE
 from chatpack.serving.tracing import DEFAULT_EXPERIMENT, TraceSettings
@@ -35,7 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queue_size", type=int, default=DEFAULT_QUEUE_SIZE,
                    help="Max requests admitted (running + waiting); more get HTTP 429.")
     p.add_argument("--threads", type=int, default=0,
-                   help="Compute threads for the model (onnxruntime intra-op / torch); 0 = the runtime's default.")
+                   help="Compute threads for the model (onnxruntime intra-op / torch); 0 = the physical cores.")
+    p.add_argument("--parallel", type=int, default=0,
+                   help="ONNX: most requests decoding together (KV rows); 0 = the model's logged value.")
+    p.add_argument("--kv_cache_mb", type=int, default=0,
+                   help="ONNX: memory budget of the KV rows in MB; 0 = the model's logged value.")
+    p.add_argument("--speculate", type=int, default=-1,
+                   help="ONNX: longest prompt-lookup draft for a lone greedy request (0: off); -1 = the model's value.")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                    help="MLflow experiment that receives one trace per chat request (created if missing).")
     p.add_argument("--tracing", type=common.str2bool, default=True, help="Trace each chat request in MLflow.")
@@ -49,11 +61,16 @@ def _run(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise ValueError(f"port: must be 1-65535, got {args.port}")
     if args.threads < 0:
-        raise ValueError(f"threads: must be >= 0 (0 = the runtime's default), got {args.threads}")
+        raise ValueError(f"threads: must be >= 0 (0 = the physical cores), got {args.threads}")
+    for flag, least in (("parallel", 0), ("kv_cache_mb", 0), ("speculate", -1)):
+        if getattr(args, flag) < least:
+            raise ValueError(f"{flag}: must be >= {least}, got {getattr(args, flag)}")
     if not args.experiment.strip():
         raise ValueError("experiment: must not be empty (pass --tracing false to record no traces)")
     tracing = TraceSettings(args.tracing, args.experiment, args.trace_text)
-    serve(args.model_uri, args.host, args.port, args.queue_size, args.threads or None, tracing)
+    engine = {"parallel": args.parallel or None, "kv_cache_mb": args.kv_cache_mb or None,
+              "speculate": None if args.speculate < 0 else args.speculate}
+    serve(args.model_uri, args.host, args.port, args.queue_size, args.threads or physical_cores(), tracing, engine)
 
 
 def main(argv: list[str] | None = None) -> int:

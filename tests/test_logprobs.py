@@ -93,9 +93,9 @@ def test_batched_requests_get_their_solo_logprobs(engine):
                 (chat(engine, "Paris is a city in"), GenerationOptions(max_tokens=9, logprobs=1)),
                 (chat(engine, "x"), GenerationOptions(max_tokens=5))]
     solo = [engine.complete(ids, options) for ids, options in requests]
-    batches = engine.stats["batches"]
+    steps = engine.stats["steps"]
     together = queued(engine, requests)
-    assert engine.stats["batches"] == batches + 1
+    assert engine.stats["steps"] - steps < 9  # decoded together
     for alone, batched in zip(solo, together):
         assert batched.text == alone.text
         if alone.logprobs is None:

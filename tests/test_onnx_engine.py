@@ -1,7 +1,8 @@
-"""The onnxruntime-genai engine on the tiny fixture model: one decode step for single, streamed and batched replies.
+"""The chat engine on the tiny fixture model: one decode step for single, streamed and batched replies.
 
-Queued greedy requests answered in one batch get the replies they get alone; stop sequences, ``max_tokens`` and
-finish reasons come out the same whichever way a reply is generated.
+Requests decoded together in the continuous batch get the replies they get alone, and the replies
+onnxruntime-genai's own generator gives; stop sequences, ``max_tokens`` and finish reasons come out the same whichever
+way a reply is generated.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import pytest
 
 from chatpack.engine.chat_engine import Completion, ContextOverflow, OnnxChatEngine, StreamState
 from chatpack.engine.decode_step import RowDecoder
-from chatpack.engine.scheduler import Pending, form_groups
 from chatpack.engine.search_options import search_options
 from chatpack.engine.stops import held_back
 from chatpack.engine.tool_calls import CallGuard
@@ -46,14 +46,14 @@ def queued(engine: OnnxChatEngine, requests: list[tuple[list[int], GenerationOpt
         except Exception as exc:
             results[i] = exc
 
-    with engine.scheduler.model_lock:  # the model is busy: every request below has to queue
+    with engine.model_lock:  # the model is busy: every request below has to wait for a row
         threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
         for t in threads:
             t.start()
         deadline = time.time() + 60  # a guard against hanging, not a speed check
-        while engine.scheduler.waiting < len(requests) and time.time() < deadline:
+        while engine.batch.waiting < len(requests) and time.time() < deadline:
             time.sleep(0.01)
-        assert engine.scheduler.waiting == len(requests)
+        assert engine.batch.waiting == len(requests)
     for t in threads:
         t.join(timeout=120)
     return [results[i] for i in range(len(requests))]
@@ -73,9 +73,10 @@ def test_queued_requests_are_batched_and_match_their_solo_replies(engine):
     options[3] = GenerationOptions(max_tokens=20, stop=(stop,))
     solo[3] = engine.complete(prompts[3], options[3])
     assert solo[3].finish_reason == "stop"
-    before = engine.stats["batches"]
+    steps = engine.stats["steps"]
     assert queued(engine, list(zip(prompts, options))) == solo
-    assert engine.stats["batches"] == before + 1 and engine.stats["largest_batch"] == len(prompts)
+    assert engine.stats["largest_batch"] >= len(prompts)
+    assert engine.stats["steps"] - steps < max(o.max_tokens for o in options)  # decoded together, not in turn
 
 
 def test_a_stop_sequence_is_cut_the_same_in_single_streamed_and_batched_replies(engine):
@@ -152,45 +153,52 @@ def test_a_reply_cut_by_max_tokens_while_repeating_a_call_ends_without_the_repea
     assert "".join(row.push(token) for token in tokens) == first and row.state.finish_reason == "stop"
 
 
-def test_a_row_that_cannot_share_the_padded_width_runs_alone(onnx_dir):
-    engine = OnnxChatEngine(onnx_dir)  # fresh stats
-    long_prompt = engine.encode_text("word " * 400)  # 200 new tokens past its width overflow the context; 5 fit
-    assert len(long_prompt) + 200 > engine.context_length > len(long_prompt) + 5
-    requests = [(long_prompt, GenerationOptions(max_tokens=5)), (chat(engine, "Hi"), GenerationOptions(max_tokens=200)),
-                (chat(engine, "Paris"), GenerationOptions(max_tokens=8))]
-    solo = [engine.complete(*r) for r in requests]
-    assert engine.stats == {"batches": 0, "largest_batch": 0}
-    assert queued(engine, requests) == solo
-    assert engine.stats == {"batches": 1, "largest_batch": 2}
-    rows = [Pending(ids, options, options.max_tokens or 0, StreamState(len(ids))) for ids, options in requests]
-    assert form_groups(rows, engine.context_length) == [[rows[0], rows[2]], [rows[1]]]
-    assert form_groups(rows[1:], engine.context_length) == [rows[1:]]
-    assert form_groups(rows[:2], engine.context_length) == [[rows[0]], [rows[1]]]
+def test_the_batch_gives_the_replies_of_onnxruntime_genais_own_generator(engine, onnx_dir):
+    short_rows = OnnxChatEngine(onnx_dir, row_tokens=64)  # these requests do not fit its rows: they run in genai
+    requests = [(chat(engine, "Hi"), GenerationOptions(max_tokens=64)),
+                (chat(engine, "Paris"), GenerationOptions(max_tokens=70, stop=("zz",))),
+                (engine.encode_text("word " * 30), GenerationOptions(max_tokens=80))]
+    in_genai = [short_rows.complete(*r) for r in requests]
+    assert short_rows.stats["steps"] == 0 and short_rows.stats["prompt_tokens"] == 0
+    assert queued(engine, requests) == in_genai
 
 
-def test_a_failing_batch_reaches_every_waiting_caller_and_frees_the_model(engine):
+def test_an_open_ended_reply_ends_with_its_kv_row(onnx_dir):
+    engine = OnnxChatEngine(onnx_dir, row_tokens=64)
+    ids = chat(engine, "Hi")
+    reply = engine.complete(ids, GenerationOptions())
+    assert reply.finish_reason == "length" or reply.completion_tokens < 64 - len(ids)
+    assert len(ids) + reply.completion_tokens <= 64 and engine.stats["steps"] > 0
+
+
+def test_a_failing_request_reaches_its_caller_and_not_the_others(engine):
     bad = chat(engine, "Hi") + [10**6]  # no such token: the model's embedding lookup fails
     requests = [(chat(engine, "Paris"), GenerationOptions(max_tokens=4)), (bad, GenerationOptions(max_tokens=4)),
                 (chat(engine, "x" * 40), GenerationOptions(max_tokens=4))]
+    solo = [engine.complete(*requests[0]), None, engine.complete(*requests[2])]
     results = queued(engine, requests)
-    assert all(isinstance(r, RuntimeError) for r in results) and len({id(r) for r in results}) == 1
-    with pytest.raises(RuntimeError):
+    assert isinstance(results[1], Exception) and "Gather" in str(results[1]) or "indices" in str(results[1])
+    assert [results[0], results[2]] == [solo[0], solo[2]]
+    with pytest.raises(Exception):
         engine.complete(bad, GenerationOptions(max_tokens=4, temperature=1.0))  # alone: the caller hears it too
-    assert engine.complete(*requests[0]).completion_tokens == 4
+    assert engine.complete(*requests[0]).completion_tokens == 4 and engine.batch.active == 0
 
 
 def test_stream_validates_at_the_call_and_closing_it_frees_the_model(engine):
     with pytest.raises(ContextOverflow) as err:
         engine.stream([5] * engine.context_length, GenerationOptions())  # not iterated: the call itself refuses
     assert (err.value.prompt_tokens, err.value.context_length) == (engine.context_length, engine.context_length)
-    pieces = engine.stream(chat(engine, "Hi"), GenerationOptions(max_tokens=50))
+    pieces = engine.stream(chat(engine, "Hi"), GenerationOptions(max_tokens=200))
     next(pieces)
-    assert engine.scheduler.model_lock.locked()
-    pieces.close()
-    assert not engine.scheduler.model_lock.locked()
+    assert engine.batch.active == 1
+    pieces.close()  # the client went away: the row is freed at the next step
+    deadline = time.time() + 30
+    while engine.batch.active and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.batch.active == 0 and not engine.model_lock.locked()
 
 
-def test_sampled_requests_bypass_the_batch_and_stay_repeatable_with_a_seed(engine):
+def test_sampled_requests_stay_repeatable_with_a_seed(engine):
     ids = engine.encode_chat([{"role": "user", "content": "Hi"}])
     first = engine.complete(ids, GenerationOptions(max_tokens=8, temperature=1.0, seed=3))
     assert first == engine.complete(ids, GenerationOptions(max_tokens=8, temperature=1.0, seed=3))

@@ -234,17 +234,17 @@ def test_concurrent_requests_meet_in_one_batch_with_their_solo_replies(onnx_serv
         api = client(base)
         solo = [api.chat.completions.create(model="m", messages=p, max_tokens=10).choices[0].message.content
                 for p in prompts]
-        before = engine.stats["batches"]
+        steps = engine.stats["steps"]
         with ThreadPoolExecutor(max_workers=6) as pool:
-            with engine.scheduler.model_lock:  # keep the model busy until all six have queued
+            with engine.model_lock:  # keep the model busy until all six wait for a row
                 futures = [pool.submit(api.chat.completions.create, model="m", messages=p, max_tokens=10)
                            for p in prompts]
                 deadline = time.time() + 20
-                while engine.scheduler.waiting < 6 and time.time() < deadline:
+                while engine.batch.waiting < 6 and time.time() < deadline:
                     time.sleep(0.01)
             replies = [f.result().choices[0].message.content for f in futures]
         assert replies == solo
-        assert engine.stats["batches"] == before + 1 and engine.stats["largest_batch"] == 6
+        assert engine.stats["largest_batch"] >= 6 and engine.stats["steps"] - steps < 10
 
 
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])

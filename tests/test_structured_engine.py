@@ -106,7 +106,7 @@ BAD_TOOL = [*TOOLS, {"type": "function", "function": {"name": "v", "parameters":
 def test_a_constraint_that_does_not_compile_is_refused_before_the_model_is_taken(request, which, body, param, prefix,
                                                                                  stream):
     model = request.getfixturevalue(which)
-    with model.engine.scheduler.model_lock:  # the model is busy: a refusal must not wait for it
+    with model.engine.model_lock:  # the model is busy: a refusal must not wait for it
         start = time.perf_counter()
         with pytest.raises(RequestError) as caught:
             if stream:
@@ -128,31 +128,30 @@ def test_a_constraint_slower_to_compile_than_the_limit_is_refused(model, monkeyp
                         r"\(at most 0 s\): simplify it", caught.value.message), caught.value.message
 
 
-def test_constrained_requests_run_alone_in_turn_while_queued_greedy_ones_still_batch(model, monkeypatch):
-    engine, groups, results = model.engine, [], {}
+def test_a_constrained_request_runs_beside_the_batch_of_unconstrained_ones(model):
+    engine, results = model.engine, {}
     fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": BOUNDED[0]}}
-    answer = engine.scheduler._answer
-    monkeypatch.setattr(engine.scheduler, "_answer", lambda group: (
-        groups.append([item.options.guidance is not None for item in group]), answer(group)))
 
     def call(name: str, **body) -> None:
         results[name] = reply(model, **{"max_tokens": 6, **body})
 
-    with engine.scheduler.model_lock:
+    steps = engine.stats["steps"]
+    with engine.model_lock:
         threads = [threading.Thread(target=call, args=(f"greedy{i}",), kwargs={"messages": [
             {"role": "user", "content": f"q{i}"}]}) for i in range(3)]
         for thread in threads:
             thread.start()
         deadline = time.time() + 30
-        while engine.scheduler.waiting < 3 and time.time() < deadline:
+        while engine.batch.waiting < 3 and time.time() < deadline:
             time.sleep(0.01)
         threads.append(threading.Thread(target=call, args=("constrained",),
                                         kwargs={"response_format": fmt, "max_tokens": 30}))
         threads[-1].start()
-        time.sleep(0.2)  # it has compiled its constraint and waits for the model, behind the greedy ones
+        time.sleep(0.2)  # it has compiled its constraint and waits for the model
     for thread in threads:
         thread.join(timeout=60)
-    assert groups == [[False, False, False], [True]]  # one greedy batch, then the constrained request alone
+    assert engine.stats["largest_batch"] >= 3 and engine.stats["steps"] - steps < 6  # the three decoded together
+    assert all(results[f"greedy{i}"]["finish_reason"] == "length" for i in range(3))
     assert json.loads(results["constrained"]["message"]["content"]) in ({"ok": True}, {"ok": False})
 
 

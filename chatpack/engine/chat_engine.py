@@ -1,16 +1,18 @@
 """The chat engine: chat template and tokenising, the context policy, streamed and whole replies.
 
-One :class:`OnnxChatEngine` holds one model (:class:`~chatpack.engine.genai_model.GenaiModel`) and answers many
-requests, each in a fresh generator. Every reply goes through the shared decode step
-(:mod:`chatpack.engine.decode_step`); who gets the model when is the :class:`~chatpack.engine.scheduler.Scheduler`'s
-business: greedy ``complete`` calls that arrive while the model is busy are answered together in one batched
-generator, with the same replies as alone; streams, sampled and constrained requests run one at a time.
+One :class:`OnnxChatEngine` holds one model folder and answers many requests. Requests without a decoding constraint
+(greedy or sampled, streamed or whole, with or without logprobs) go to the continuous batch
+(:mod:`chatpack.engine.batch_loop`): they join the running batch between two decode steps, reuse the KV cache of an
+earlier request whose tokens their prompt extends, and, alone and greedy, verify prompt-lookup drafts. Its KV rows
+(:mod:`chatpack.engine.kv_rows`) hold ``row_tokens`` tokens each: a request whose prompt plus ``max_tokens`` does not
+fit, and a request with a decoding constraint (``options.guidance``: structured output, tools, which need
+onnxruntime-genai's LLGuidance), runs alone in an onnxruntime-genai generator
+(:class:`~chatpack.engine.genai_model.GenaiModel`), between two steps of the batch (``model_lock``). Every reply goes
+through the shared decode step (:mod:`chatpack.engine.decode_step`).
 
-A request with a decoding constraint (``options.guidance``) gets its generator made, and the constraint compiled, when
-it is submitted, before it waits for the model: a constraint that does not compile fails at the call and never holds
-the model. Conversations with tools are rendered by :mod:`chatpack.engine.tool_prompt`. Requests that ask for
-logprobs (``options.logprobs``) batch like the others: each row reads its own row of the step's logits
-(:mod:`chatpack.engine.logprobs`).
+A constrained request gets its generator made, and the constraint compiled, when it is submitted, before it waits for
+the model: a constraint that does not compile fails at the call and never holds the model. Conversations with tools
+are rendered by :mod:`chatpack.engine.tool_prompt`.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from chatpack.engine.batch_loop import BatchLoop, Job
 from chatpack.engine.decode_step import RowDecoder, StreamState, decode
 from chatpack.engine.genai_model import GenaiModel
+from chatpack.engine.kv_rows import KvRows
 from chatpack.engine.logprobs import TokenLogprob, TokenTrack, Vocabulary
-from chatpack.engine.scheduler import Pending, Scheduler
-from chatpack.engine.search_options import GREEDY
+from chatpack.engine.sampler import Sampler
+from chatpack.engine.scheduler import FairLock, Pending, row_layout
 from chatpack.engine.tool_calls import CallGuard
 from chatpack.engine.tool_prompt import conversation, template_takes_tools
 from chatpack.protocol.chat_request import GenerationOptions
@@ -36,6 +40,9 @@ from chatpack.protocol.reply_format import ReplyFormat
 __all__ = ["Completion", "ContextOverflow", "OnnxChatEngine", "StreamState"]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_KV_CACHE_MB = 2048  # the KV rows' budget (reserved, touched as rows fill up)
+SPECULATE = 0  # the longest prompt-lookup draft a lone greedy request verifies in one pass (0: off; see README)
 
 
 class ContextOverflow(ValueError):
@@ -58,22 +65,33 @@ class Completion:
 
 class OnnxChatEngine:
     """Chat replies from the onnxruntime-genai model folder ``model_dir``; ``defaults`` are the logged generation
-    options (``max_new_tokens``, ``temperature``, ...), ``max_batch`` the most queued requests answered together,
-    ``threads`` the decoder's intra-op threads (None: onnxruntime's default)."""
+    options (``max_new_tokens``, ``temperature``, ...), ``max_batch`` the most requests decoding together (KV rows),
+    ``threads`` the intra-op threads (None: onnxruntime's default), ``kv_cache_mb`` the KV rows' memory budget
+    (:func:`~chatpack.engine.scheduler.row_layout`; ``row_tokens`` sets a row's length instead), ``speculate`` the
+    longest prompt-lookup draft (0: off)."""
 
     def __init__(self, model_dir: str | Path, defaults: dict | None = None, max_batch: int = 8,
-                 threads: int | None = None):
+                 threads: int | None = None, kv_cache_mb: int = DEFAULT_KV_CACHE_MB, speculate: int = SPECULATE,
+                 row_tokens: int | None = None):
         self.model_dir = Path(model_dir)
         self.threads = threads
         self.genai = GenaiModel(model_dir, threads)
         self.model, self.tokenizer = self.genai.model, self.genai.tokenizer
         self.context_length, self.eos_ids = self.genai.context_length, self.genai.eos_ids
         self.defaults = dict(defaults or {})
-        self.max_batch = max_batch
-        self.scheduler = Scheduler(self._answer, self.context_length, max_batch)
-        self.stats = self.scheduler.stats
+        self.model_lock = FairLock()  # one computation at a time: a batch step, or a step of a lone generator
+        self.kv = KvRows(model_dir, threads=threads)
+        rows, fitted = row_layout(max_batch, self.context_length, self.kv.bytes_per_token, kv_cache_mb)
+        row_tokens = min(row_tokens or fitted, self.context_length)
+        self.kv.allocate(rows, row_tokens)
+        self.max_batch = rows
+        self.batch = BatchLoop(self.kv, self.model_lock, speculate)
+        self.stats = self.batch.stats
         self.native_tools = template_takes_tools(model_dir)
         self.vocabulary = Vocabulary(self.decode_ids, self.encode_text("a")[-1])
+        self.default_top_k = self.genai.default_top_k
+        logger.info("KV cache: %d rows x %d tokens x %d bytes = %.0f MB at most; speculation: %s", rows, row_tokens,
+                    self.kv.bytes_per_token, self.kv.cache_bytes / 2**20, speculate or "off")
         logger.info("Constrained decoding ready in %.2f s (tools through the chat template: %s)",
                     self.genai.warm_up(), self.native_tools)
 
@@ -106,15 +124,24 @@ class OnnxChatEngine:
         closing the iterator stops generation and frees the model.
         """
         item = self._pending(prompt_ids, options, state)
-        return self._stream(item)
+        return self._job(item).results() if self._batched(item) else self._stream(item)
 
     def complete(self, prompt_ids: list[int], options: GenerationOptions) -> Completion:
-        """The whole reply. Greedy requests are queued and answered in batches with whoever else is waiting."""
-        item = self._pending(prompt_ids, options)
-        self.scheduler.submit(item)
-        state = item.state
-        return Completion(item.text, state.finish_reason or "length", state.prompt_tokens, state.completion_tokens,
-                          state.logprobs)
+        """The whole reply (decoded in the running batch with whoever else is being answered)."""
+        return self.complete_all(prompt_ids, [options])[0]
+
+    def complete_all(self, prompt_ids: list[int], choices: list[GenerationOptions]) -> list[Completion]:
+        """One whole reply per options in ``choices`` (the ``n`` choices of a request), decoded together."""
+        items = [self._pending(prompt_ids, options) for options in choices]
+        jobs = [self._job(item) if self._batched(item) else None for item in items]
+        for item, job in zip(items, jobs):
+            if job is None:
+                for _ in self._stream(item):
+                    pass
+            else:
+                item.text = "".join(job.results())
+        return [Completion(item.text, item.state.finish_reason or "length", item.state.prompt_tokens,
+                           item.state.completion_tokens, item.state.logprobs) for item in items]
 
     def _pending(self, prompt_ids: list[int], options: GenerationOptions, state: StreamState | None = None
                  ) -> Pending:
@@ -123,36 +150,42 @@ class OnnxChatEngine:
         options = options.over(self.defaults)
         self.check_fits(prompt_ids)
         budget = self.context_length - len(prompt_ids)
+        if options.max_tokens is None and options.guidance is None and len(prompt_ids) < self.kv.row_tokens:
+            budget = min(budget, self.kv.row_tokens - len(prompt_ids))  # an open-ended reply ends with its KV row
         max_new = min(options.max_tokens, budget) if options.max_tokens else budget
         item = Pending(prompt_ids, options, max_new, state if state is not None else StreamState(len(prompt_ids)))
         if options.guidance is not None:
             item.generator = self.genai.create(len(prompt_ids), 1, options, max_new)
         return item
 
+    def _batched(self, item: Pending) -> bool:
+        """Whether ``item`` decodes in the running batch (unconstrained, and its prompt and reply fit a KV row)."""
+        return item.options.guidance is None and len(item.prompt_ids) + item.max_new <= self.kv.row_tokens
+
+    def _job(self, item: Pending) -> Job:
+        sampler = Sampler(item.options, self.default_top_k)
+        decoder = self._row(item, StreamState(item.state.prompt_tokens))  # the loop's own; item.state follows reads
+        return self.batch.submit(Job(item.prompt_ids, decoder, sampler, item.state))
+
     def _stream(self, item: Pending) -> Iterator[str]:
-        with self.scheduler.model_lock:
-            for (piece,) in self._decode([item], item.options):
-                if piece:
-                    yield piece
+        """A lone generator's reply, each step taken between two steps of the batch."""
+        row = self._row(item)
+        with self.model_lock:  # the prompt's prefill is model compute too
+            if item.generator is not None:  # made ahead (constrained)
+                generator, item.generator = self.genai.fill(item.generator, [item.prompt_ids]), None
+            else:
+                generator = self.genai.generator([item.prompt_ids], item.options, item.max_new)
+        steps = decode(generator, [row])
+        while True:
+            with self.model_lock:
+                step = next(steps, None)
+            if step is None:
+                break
+            if step[0]:
+                yield step[0]
+        item.text = row.text
 
-    def _answer(self, group: list[Pending]) -> None:
-        """The scheduler's callback: a lone request with its own options, several (greedy by construction) at once."""
-        for _ in self._decode(group, group[0].options if len(group) == 1 else GREEDY):
-            pass
-
-    def _decode(self, group: list[Pending], options: GenerationOptions) -> Iterator[list[str]]:
-        """Decode ``group`` in one generator (the caller holds the model lock); fills in each request's text."""
-        rows = [self._row(item) for item in group]
-        prompts = [item.prompt_ids for item in group]
-        if group[0].generator is not None:  # made ahead (constrained: always alone)
-            generator, group[0].generator = self.genai.fill(group[0].generator, prompts), None
-        else:
-            generator = self.genai.generator(prompts, options, max(item.max_new for item in group))
-        yield from decode(generator, rows)
-        for item, row in zip(group, rows):
-            item.text = row.text
-
-    def _row(self, item: Pending) -> RowDecoder:
+    def _row(self, item: Pending, state: StreamState | None = None) -> RowDecoder:
         """The decode step of one request: stop sequences apply to free text, never inside a constrained reply."""
         guidance, stops, guard = item.options.guidance, item.options.stop, None
         if guidance is not None:
@@ -160,4 +193,4 @@ class OnnxChatEngine:
             if guidance.max_calls:
                 guard = CallGuard(guidance.max_calls)
         track = None if item.options.logprobs is None else TokenTrack(item.options.logprobs, self.vocabulary)
-        return RowDecoder(self.tokenizer, self.eos_ids, stops, item.max_new, item.state, guard, track)
+        return RowDecoder(self.tokenizer, self.eos_ids, stops, item.max_new, state or item.state, guard, track)

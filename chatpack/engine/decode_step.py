@@ -53,6 +53,11 @@ class RowDecoder:
     def done(self) -> bool:
         return self.state.finish_reason is not None
 
+    @property
+    def remaining(self) -> int:
+        """Tokens the reply may still take (its ``max_tokens`` budget)."""
+        return self._max_new - self.state.completion_tokens
+
     def push(self, token: int, logits: Any = None) -> str:
         """Take the row's next token (and, when the row tracks logprobs, the step's ``logits`` it was chosen from);
         return the text it makes safe to emit (all that is left once the row ends). A row that has ended ignores

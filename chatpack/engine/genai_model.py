@@ -44,7 +44,9 @@ class GenaiModel:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
-        facts = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]
+        config = json.loads((Path(model_dir) / "genai_config.json").read_text())
+        facts = config["model"]
+        self.default_top_k = config.get("search", {}).get("top_k")  # what sampling uses when a request sets none
         self.context_length = int(facts["context_length"])
         self.vocab_size = int(facts["vocab_size"]) if facts.get("vocab_size") else None
         eos = facts.get("eos_token_id", [])

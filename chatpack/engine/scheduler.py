@@ -1,28 +1,27 @@
-"""Who gets the model when: the model lock, the queue of waiting greedy requests, batch formation, batch stats.
+"""Who gets the model when, and how much of it: the model lock, a request's place in line, the KV rows' layout.
 
-The onnxruntime-genai bindings hold the GIL and are not documented as thread safe, so one generator runs at a time,
-under :attr:`Scheduler.model_lock`. Greedy requests that arrive while the model is busy wait in a queue; whoever
-gets the model next answers the queue's head (up to ``max_batch``) in one batched generator. Sampled and constrained
-requests (a decoding constraint is set per generator, so they cannot share one), and streams, which take the lock
-themselves, run one at a time. The lock is first come, first served (:class:`FairLock`): a request waits for the
-generations that were there before it, never for later arrivals, so a run of constrained requests cannot starve the
-queue. A failure reaches every caller of the failed group.
+One computation runs at a time (the onnxruntime-genai bindings hold the GIL and are not documented as thread safe,
+and two sessions on the same cores only slow each other): a step of the continuous batch, or a step of a lone
+generator, each under the engine's model lock. The lock is first come, first served (:class:`FairLock`): a step waits
+for the steps that asked before it, never for later ones, so neither path can starve the other.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from chatpack.engine.decode_step import StreamState
 from chatpack.protocol.chat_request import GenerationOptions
 
+MIN_ROW_TOKENS = 1024  # fewer rows rather than rows shorter than this
+
 
 @dataclass
 class Pending:
-    """One request waiting for (or in) a generator; the answering callback fills in ``text`` and ``state``."""
+    """One request, checked and budgeted: its prompt, options (merged with the model's defaults), token budget and
+    reply state; ``text`` is filled in once it has been answered."""
 
     prompt_ids: list[int]
     options: GenerationOptions  # already merged with the model's defaults
@@ -30,8 +29,6 @@ class Pending:
     state: StreamState
     generator: Any = None  # made ahead, outside the model lock, when the request has a constraint to compile
     text: str = ""
-    error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class FairLock:
@@ -67,63 +64,12 @@ class FairLock:
         self.release()
 
 
-Answer = Callable[[list[Pending]], None]  # answers a group in one generator (caller holds the model lock)
-
-
-def form_groups(batch: list[Pending], context_length: int) -> list[list[Pending]]:
-    """Split ``batch`` into generator groups: rows fit together when the padded width plus their own ``max_new``
-    fits the context; the others (and a lone fitting row) run alone."""
-    width = max(len(item.prompt_ids) for item in batch)
-    together = [item for item in batch if width + item.max_new <= context_length]
-    alone = [[item] for item in batch if width + item.max_new > context_length]
-    return ([together] if len(together) > 1 else [[item] for item in together]) + alone
-
-
-class Scheduler:
-    """Serialises generation over one model and batches queued greedy requests (see the module docstring)."""
-
-    def __init__(self, answer: Answer, context_length: int, max_batch: int = 8):
-        self.model_lock = FairLock()  # held while the model generates; streams take it directly
-        self.stats = {"batches": 0, "largest_batch": 0}  # batched generators run, and the most rows in one
-        self._answer, self._context_length, self._max_batch = answer, context_length, max_batch
-        self._queue_lock = threading.Lock()
-        self._queue: list[Pending] = []
-
-    @property
-    def waiting(self) -> int:
-        """How many requests are queued for the next batch."""
-        with self._queue_lock:
-            return len(self._queue)
-
-    def submit(self, item: Pending) -> None:
-        """Answer ``item`` (blocking): greedy ones through the queue, sampled and constrained ones alone; re-raise its
-        failure."""
-        if item.options.temperature or item.options.guidance is not None or self._max_batch <= 1:
-            with self.model_lock:
-                self._run([item])
-        else:
-            with self._queue_lock:
-                self._queue.append(item)
-            while not item.done.is_set():
-                with self.model_lock:  # whoever gets the model answers the queue's head, ours or not
-                    if not item.done.is_set():
-                        with self._queue_lock:
-                            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
-                        self._run(batch)
-        if item.error is not None:
-            raise item.error
-
-    def _run(self, batch: list[Pending]) -> None:
-        """Answer ``batch`` group by group (the caller holds the model lock); every caller is released."""
-        for group in form_groups(batch, self._context_length):
-            try:
-                self._answer(group)
-                if len(group) > 1:
-                    self.stats["batches"] += 1
-                    self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
-            except Exception as exc:  # every waiting caller hears about it, none hangs
-                for item in group:
-                    item.error = exc
-            finally:
-                for item in group:
-                    item.done.set()
+def row_layout(rows: int, context_length: int, bytes_per_token: int, budget_mb: int) -> tuple[int, int]:
+    """(rows, tokens per row) of the KV cache within ``budget_mb``: ``rows`` rows (the most requests decoding
+    together) as long as each holds at least :data:`MIN_ROW_TOKENS` (or the whole context), fewer rows otherwise;
+    each row as long as the budget allows, up to the model's context (a multiple of 256 below it)."""
+    budget = budget_mb * 2**20
+    floor = min(context_length, MIN_ROW_TOKENS)
+    rows = max(1, min(rows, budget // (floor * bytes_per_token)))
+    tokens = min(context_length, budget // (rows * bytes_per_token))
+    return rows, tokens if tokens == context_length else max(floor, tokens // 256 * 256)

@@ -76,7 +76,8 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
     @app.get("/health")
     async def health() -> JSONResponse:
         status = "ok" if served.model is not None else ("error" if served.load_error else "loading")
-        body = {"status": status, "model": served.name, "in_flight": served.in_flight, "error": served.load_error}
+        body = {"status": status, "model": served.name, "in_flight": served.in_flight, "error": served.load_error,
+                "compute": served.describe() if served.model is not None else None}
         return JSONResponse(body, 200 if status == "ok" else 503)
 
     @app.get("/metrics")
@@ -115,10 +116,11 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
 
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, queue_size: int = DEFAULT_QUEUE_SIZE,
-          threads: int | None = None, tracing: TraceSettings | None = None) -> None:
-    """Run the server until interrupted."""
+          threads: int | None = None, tracing: TraceSettings | None = None, engine: dict[str, int] | None = None
+          ) -> None:
+    """Run the server until interrupted (``engine``: overrides of the ONNX model's batch settings)."""
     import uvicorn
 
     limit_malloc_arenas()
-    app = create_app(ServedModel(model_uri, queue_size, threads), tracing=tracing)
+    app = create_app(ServedModel(model_uri, queue_size, threads, engine), tracing=tracing)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=30)

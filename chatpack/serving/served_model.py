@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chatpack.flavours.onnx_chat.pyfunc_model import CONCURRENCY_KEY, THREADS_CONFIG_KEY
+from chatpack.flavours.onnx_chat.pyfunc_model import CONCURRENCY_KEY, ENGINE_CONFIG, THREADS_CONFIG_KEY
 from chatpack.serving.observed_model import ObservedModel
 from chatpack.serving.request_context import ContextExecutor
 from chatpack.serving.transformers_adapter import FLAVOUR as TRANSFORMERS
@@ -87,10 +87,12 @@ def own_imports(names: set[str]) -> Iterator[None]:
         sys.modules.update(saved)
 
 
-def load_model(model_uri: str, threads: int | None = None) -> tuple[Any, str, Any]:
+def load_model(model_uri: str, threads: int | None = None, engine: dict[str, int] | None = None
+               ) -> tuple[Any, str, Any]:
     """(model, flavour, MLmodel) for ``model_uri``, with ``threads`` applied: the ONNX pyfunc's ``threads``
-    model_config, or torch's thread count for other flavours. A transformers chat model comes back as the
-    :class:`TransformersChat` adapter, anything else as its pyfunc loaded with its own code (see the module docstring).
+    model_config, or torch's thread count for other flavours; ``engine`` overrides the ONNX model's logged batch
+    settings (:data:`ENGINE_CONFIG` keys). A transformers chat model comes back as the :class:`TransformersChat`
+    adapter, anything else as its pyfunc loaded with its own code (see the module docstring).
     """
     import mlflow
     from mlflow.models import Model
@@ -105,9 +107,11 @@ def load_model(model_uri: str, threads: int | None = None) -> tuple[Any, str, An
         torch.set_num_threads(threads)
     if meta.flavors.get(TRANSFORMERS, {}).get("inference_task") == CHAT_TASK:
         return TransformersChat(local, meta), TRANSFORMERS, meta
-    config = {THREADS_CONFIG_KEY: threads} if threads and batched else None
+    config = {THREADS_CONFIG_KEY: threads} if threads and batched else {}
+    if batched:
+        config |= {key: value for key, value in (engine or {}).items() if key in ENGINE_CONFIG and value is not None}
     with own_imports(code_packages(local, pyfunc_conf.get("code"))):
-        model = mlflow.pyfunc.load_model(str(local), model_config=config)
+        model = mlflow.pyfunc.load_model(str(local), model_config=config or None)
     return model, "onnx" if batched else next(iter(set(meta.flavors) - {"python_function"}), "pyfunc"), meta
 
 
@@ -133,13 +137,14 @@ class CountingLock:
 class ServedModel:
     """The loaded pyfunc model, its admission counter and the threads that call it."""
 
-    def __init__(self, model_uri: str, queue_size: int = DEFAULT_QUEUE_SIZE, threads: int | None = None):
+    def __init__(self, model_uri: str, queue_size: int = DEFAULT_QUEUE_SIZE, threads: int | None = None,
+                 engine: dict[str, int] | None = None):
         if queue_size < 1:
             raise ValueError(f"queue_size: must be >= 1, got {queue_size}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads: must be >= 1, got {threads}")
         self.model_uri, self.name, self.queue_size = model_uri, served_name(model_uri), queue_size
-        self.threads = threads
+        self.threads, self.engine_settings = threads, dict(engine or {})
         self.model: Any = None
         self.flavour: str | None = None
         self.model_id: str | None = None  # the LoggedModel (traces link to it)
@@ -154,7 +159,7 @@ class ServedModel:
     def load(self) -> None:
         try:
             start = time.perf_counter()
-            model, self.flavour, meta = load_model(self.model_uri, self.threads)
+            model, self.flavour, meta = load_model(self.model_uri, self.threads, self.engine_settings)
             self.model_id = meta.model_id
             self.streamable = self.flavour == TRANSFORMERS or bool(
                 meta.flavors.get("python_function", {}).get("streamable"))
@@ -162,9 +167,9 @@ class ServedModel:
                 self.serial = contextlib.nullcontext()
             self.load_seconds = time.perf_counter() - start
             self.model = ObservedModel(model, self.flavour)  # last: requests are admitted from here on
-            logger.info("Loaded %s (%s) in %.1f s (streaming: %s, concurrent: %s, threads: %s)", self.model_uri,
+            logger.info("Loaded %s (%s) in %.1f s (streaming: %s, concurrent: %s); compute: %s", self.model_uri,
                         self.flavour, self.load_seconds, self.streamable,
-                        isinstance(self.serial, contextlib.nullcontext), self.threads or "default")
+                        isinstance(self.serial, contextlib.nullcontext), self.describe())
         except Exception as exc:  # reported by /health and 503s, not a crash
             self.load_error = f"{type(exc).__name__}: {exc}"
             logger.exception("Loading %s failed", self.model_uri)
@@ -173,13 +178,29 @@ class ServedModel:
         with self.serial:
             return self.model.predict(payload)
 
+    @property
+    def engine(self) -> Any:
+        """The ONNX pyfunc's chat engine (None for other models)."""
+        return getattr(getattr(getattr(self.model, "_model_impl", None), "python_model", None), "engine", None)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/health`` reports of the model's compute: threads, and for the ONNX engine its KV rows."""
+        engine = self.engine
+        if engine is None or not hasattr(engine, "kv"):
+            return {"threads": self.threads}
+        kv = engine.kv
+        return {"threads": engine.threads, "parallel": kv.rows, "row_tokens": kv.row_tokens,
+                "kv_bytes_per_token": kv.bytes_per_token, "kv_mb_per_row": round(kv.row_tokens * kv.bytes_per_token
+                                                                                 / 2**20, 1),
+                "kv_mb_max": round(kv.cache_bytes / 2**20), "speculate": engine.batch.speculate,
+                "batch": dict(engine.stats)}
+
     def queue_depth(self) -> int:
-        """Admitted requests waiting for the model: for one-at-a-time models those waiting for it, for the batched
-        ONNX engine the greedy requests queued for its next batch."""
+        """Admitted requests waiting for the model: for one-at-a-time models those waiting for it, for the ONNX
+        engine those waiting for a row of its batch."""
         if isinstance(self.serial, CountingLock):
             return self.serial.waiting
-        engine = getattr(getattr(getattr(self.model, "_model_impl", None), "python_model", None), "engine", None)
-        return int(getattr(getattr(engine, "scheduler", None), "waiting", 0) or 0)
+        return int(getattr(getattr(self.engine, "batch", None), "waiting", 0) or 0)
 
     def admit(self) -> bool:
         with self._count_lock:

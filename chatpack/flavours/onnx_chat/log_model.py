@@ -18,6 +18,7 @@ from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 from chatpack.flavours.model_config import INPUT_EXAMPLE, GenerationDefaults, no_log_time_validation, source_metadata
 from chatpack.flavours.onnx_chat.pyfunc_model import (
     CONCURRENCY_KEY,
+    ENGINE_CONFIG,
     FEATURES,
     FEATURES_KEY,
     ONNX_ARTIFACT_KEY,
@@ -121,7 +122,7 @@ def log_onnx_model(
         "execution_provider": info["execution_provider"],
         "onnxruntime_genai_version": info["versions"]["onnxruntime-genai"],
         "builder_options": str(info["builder_options"]),
-        # Safe to call from many threads at once: greedy requests that meet are answered in one batch.
+        # Safe to call from many threads at once: concurrent requests decode in one continuous batch.
         CONCURRENCY_KEY: "batched",
         STRUCTURED_OUTPUTS_KEY: "response_format,tools,tool_choice,parallel_tool_calls",
         FEATURES_KEY: ",".join(FEATURES),  # logprobs, text_completion objects for the raw-prompt form
@@ -142,9 +143,10 @@ def _log(fetched: FetchedModel, model_name: str, defaults: GenerationDefaults, r
         python_model=str(MODEL_CODE),
         artifacts={ONNX_ARTIFACT_KEY: str(fetched.onnx_dir)},
         code_paths=[str(runtime_dir)],
-        # ``threads`` is declared (0 = onnxruntime's default) so that a load-time override reaches the model:
-        # MLflow drops model_config keys the logged model does not declare (``serve --threads`` sets it).
-        model_config={"source_model": fetched.info["source"], **defaults.onnx_config(), THREADS_CONFIG_KEY: 0},
+        # ``threads`` (0 = onnxruntime's default) and the batch's shape are declared so that load-time overrides
+        # reach the model: MLflow drops model_config keys the logged model does not declare (``serve`` sets them).
+        model_config={"source_model": fetched.info["source"], **defaults.onnx_config(), THREADS_CONFIG_KEY: 0,
+                      **ENGINE_CONFIG},
         signature=chat_or_prompt_signature(),
         input_example=INPUT_EXAMPLE,
         pip_requirements=installed_pins(ONNX_MODEL_PACKAGES),

@@ -40,6 +40,8 @@ ONNX_ARTIFACT_KEY = "onnx_model"
 # What the model's logging and the server agree on with this class:
 CONCURRENCY_KEY = "chatpack_concurrency"  # model metadata; "batched": safe to call from many threads at once
 THREADS_CONFIG_KEY = "threads"  # model_config: the engine's intra-op threads (0 or unset: onnxruntime's default)
+# model_config: the continuous batch's shape (declared when logged, so that ``serve`` may override them at load time)
+ENGINE_CONFIG = {"parallel": 8, "kv_cache_mb": 2048, "speculate": 0}
 FEATURES_KEY = "chatpack_features"  # model metadata: what this code implements beyond the chat basics (FEATURES)
 FEATURES = ("logprobs", "text_completion")
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")
@@ -71,8 +73,11 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         self.model_name = str(config.get("source_model", "onnx-chat"))
         defaults = {k: config[k] for k in GENERATION_KEYS if config.get(k) is not None}
         threads = config.get(THREADS_CONFIG_KEY)  # set at load time: load_model(uri, model_config={"threads": 2})
-        self.engine = OnnxChatEngine(context.artifacts[ONNX_ARTIFACT_KEY], defaults,
-                                     threads=int(threads) if threads else None)
+        engine = {key: int(config.get(key) if config.get(key) is not None else value)
+                  for key, value in ENGINE_CONFIG.items()}
+        self.engine = OnnxChatEngine(context.artifacts[ONNX_ARTIFACT_KEY], defaults, max_batch=engine["parallel"],
+                                     threads=int(threads) if threads else None, kv_cache_mb=engine["kv_cache_mb"],
+                                     speculate=engine["speculate"])
 
     def predict(self, context, model_input, params=None) -> list[Any]:
         requests = [parse_request(row) for row in rows_of(model_input)]  # validate every row before generating
@@ -142,8 +147,8 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
 
     def _answer(self, request: ChatRequest) -> Any:
         prompt_ids, options = self._prompt_ids(request), self._options(request)
-        results = [self._constrained(request, partial(self.engine.complete, prompt_ids, options.for_choice(i)))
-                   for i in range(request.options.n)]
+        choices = [options.for_choice(i) for i in range(request.options.n)]
+        results = self._constrained(request, partial(self.engine.complete_all, prompt_ids, choices))
         completion_tokens = sum(r.completion_tokens for r in results)
         if request.prompt is not None and request.text_completion:
             return text_completion(self.model_name, [(r.text, r.finish_reason, legacy_logprobs(r.logprobs))

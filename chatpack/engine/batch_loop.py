@@ -1,0 +1,286 @@
+"""Continuous batching over :class:`~chatpack.engine.kv_rows.KvRows`: every request joins the running batch.
+
+One thread owns the rows. Each turn of its loop it (1) takes waiting requests into free rows, prefilling each prompt
+after the longest prefix a row still holds from an earlier request (prefix reuse), then (2) runs one decode step over
+every active row, each row choosing its own next token (:class:`~chatpack.engine.sampler.Sampler`: greedy, or sampled
+with its own seed) and going through the shared decode step (:class:`~chatpack.engine.decode_step.RowDecoder`: EOS,
+stops, ``max_tokens``, logprobs). A request running alone, greedy, may instead verify a draft copied from its own
+context (prompt-lookup speculation): the tokens that match what the model would have chosen are taken in one pass,
+so the reply is the same, sooner.
+
+Rows are kept in two regions: active rows first (a decode step runs rows ``0..active-1`` in one call), then idle
+rows, which keep the KV cache of the requests they last served, most recently used first to be kept. A finished
+request's row is swapped to the end of the active region. A request's text goes out through its own queue as it is
+made; closing its stream cancels it at the next step and frees its row. Each loop turn holds ``model_lock`` (shared
+with the one-request-at-a-time path), so that path gets the model between two steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from chatpack.engine.decode_step import RowDecoder, StreamState
+from chatpack.engine.kv_rows import KvRows
+from chatpack.engine.sampler import Sampler
+
+logger = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 256  # prompt tokens per call (bounds the logits buffer: 256 x vocab floats)
+END = object()  # the end of a job's pieces
+
+
+@dataclass
+class Job:
+    """One request in (or waiting for) a row. Its decoder fills in its own :class:`StreamState` as the loop runs
+    ahead; ``state`` (the caller's) is brought up to each piece as the reader takes it, so that after a piece it
+    holds that piece's counts and logprob entries, no later ones."""
+
+    prompt_ids: list[int]
+    decoder: RowDecoder
+    sampler: Sampler
+    state: StreamState
+    pieces: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False
+    error: BaseException | None = None
+    next_token: int | None = None  # chosen, its KV not yet cached
+
+    def put(self, piece: object) -> None:
+        """Hand ``piece`` (text, or :data:`END`) to the reader with the decoder's state as of now."""
+        made = self.decoder.state
+        self.pieces.put((piece, made.completion_tokens, made.finish_reason, len(made.logprobs or ())))
+
+    def results(self) -> Iterator[str]:
+        """The job's text pieces as they come; re-raises its failure; closing the iterator cancels the job."""
+        made = self.decoder.state
+        try:
+            while True:
+                piece, self.state.completion_tokens, self.state.finish_reason, entries = self.pieces.get()
+                if made.logprobs is not None:
+                    self.state.logprobs = (self.state.logprobs or []) + made.logprobs[len(self.state.logprobs or ()):
+                                                                                      entries]
+                if piece is END:
+                    break
+                yield piece
+            if self.error is not None:
+                raise self.error
+        finally:
+            self.cancelled = True
+
+
+@dataclass
+class Row:
+    """What one KV row holds: the tokens whose keys/values are cached, how many of them (from the start) a prompt
+    pass computed (``exact``: what a later request may reuse), and the job it serves (None: idle)."""
+
+    tokens: list[int] = field(default_factory=list)
+    exact: int = 0
+    job: Job | None = None
+    used: float = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    return int(np.argmin(np.asarray(a[:n]) == np.asarray(b[:n])))
+
+
+def prefill_chunks(start: int, end: int, size: int = PREFILL_CHUNK) -> list[tuple[int, int]]:
+    """Prompt positions ``start..end`` in passes of at most ``size``, none of a single token after a past: the
+    graph runs one new token as a decode step, whose numerics differ from a prompt pass (up to ~0.9 in a logit on the
+    bundled model); prompt passes give the same keys/values however the prompt is split, so a reused prefix plus the
+    rest is exactly the cold prompt."""
+    bounds = list(range(start, end, size)) + [end]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds[-2] -= 1
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def draft_tokens(history: list[int], ngram: int, longest: int) -> list[int]:
+    """Prompt lookup: the tokens that followed the latest earlier occurrence of ``history``'s last ``ngram`` tokens
+    (at most ``longest``), or [] when they did not occur before."""
+    if longest <= 0 or len(history) <= ngram:
+        return []
+    tail, seq = history[-ngram:], np.asarray(history[:-1])
+    for start in np.flatnonzero(seq[: len(seq) - ngram + 1] == tail[0])[::-1]:
+        if history[start: start + ngram] == tail:
+            return history[start + ngram: start + ngram + longest]
+    return []
+
+
+class BatchLoop:
+    """The rows' owner thread (see the module docstring). ``speculate``: the longest draft a lone greedy request
+    verifies per pass (0: off)."""
+
+    def __init__(self, rows: KvRows, model_lock: Any, speculate: int = 0, ngram: int = 3):
+        self.kv, self.model_lock, self.speculate, self.ngram = rows, model_lock, speculate, ngram
+        self.rows = [Row() for _ in range(rows.rows)]
+        self.active = 0
+        self.stats = {"steps": 0, "rows_stepped": 0, "largest_batch": 0, "prompt_tokens": 0, "reused_tokens": 0,
+                      "drafted": 0, "accepted": 0}
+        self._waiting: list[Job] = []
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="batch-loop", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        with self._wake:
+            return len(self._waiting)
+
+    def submit(self, job: Job) -> Job:
+        """Queue ``job`` for the next free row; read its text from ``job.results()``."""
+        with self._wake:
+            self._waiting.append(job)
+            self._wake.notify()
+        return job
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self.active:
+                    self._wake.wait()
+            with self.model_lock:
+                try:
+                    self._admit()
+                    self._drop_cancelled()
+                    if self.active:
+                        self._step()
+                except Exception as exc:  # every active job hears about it; the loop goes on
+                    logger.exception("decode step failed")
+                    for i in reversed(range(self.active)):
+                        self._fail(self.rows[i].job, exc)
+
+    def _admit(self) -> None:
+        """Waiting jobs into free rows, each prefilled after the longest prefix an idle row holds."""
+        while self.active < len(self.rows):
+            with self._wake:
+                if not self._waiting:
+                    return
+                job = self._waiting.pop(0)
+            if job.cancelled:
+                self._end(job)
+                continue
+            try:
+                self._start(job)
+            except Exception as exc:  # the job hears about it; the loop goes on
+                logger.exception("prefill failed")
+                self._fail(job, exc)
+
+    def _start(self, job: Job) -> None:
+        idle = range(self.active, len(self.rows))
+        shared = {i: min(common_prefix(self.rows[i].tokens[: self.rows[i].exact], job.prompt_ids),
+                         len(job.prompt_ids) - 2) for i in idle}  # >= 2 new tokens: a prompt pass (see prefill)
+        best = max(idle, key=lambda i: (shared[i], self.rows[i].used))
+        reuse = max(shared[best], 0)
+        if reuse == 0:  # nothing to reuse: take the least recently used row, keep the others' caches
+            best = min(idle, key=lambda i: self.rows[i].used)
+        self._swap(best, self.active)
+        index, row = self.active, self.rows[self.active]
+        row.job, row.tokens, row.exact, self.active = job, row.tokens[:reuse], 0, self.active + 1
+        self.stats["prompt_tokens"] += len(job.prompt_ids)
+        self.stats["reused_tokens"] += reuse
+        logits = None
+        for start, end in prefill_chunks(reuse, len(job.prompt_ids)):
+            chunk = job.prompt_ids[start:end]
+            logits = self.kv.run(index, np.asarray([chunk]), [start])[0, -1]
+            row.tokens.extend(chunk)
+        row.exact = len(row.tokens)
+        self._take(index, logits)
+
+    def _step(self) -> None:
+        """One decode step over every active row (or a speculative pass for a lone greedy request)."""
+        count = self.active
+        if count == 1 and self.speculate and not self._waiting:
+            job = self.rows[0].job
+            if job.sampler.greedy and job.decoder.track is None and self._speculative_pass():
+                return
+        ids = np.asarray([[self.rows[i].job.next_token] for i in range(count)])
+        lengths = [len(self.rows[i].tokens) for i in range(count)]
+        logits = self.kv.run(0, ids, lengths)
+        self.stats["steps"] += 1
+        self.stats["rows_stepped"] += count
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], count)
+        for i in range(count):
+            self.rows[i].tokens.append(self.rows[i].job.next_token)
+        for i in reversed(range(count)):  # releasing row i moves only rows after it
+            self._take(i, logits[i, 0])
+
+    def _speculative_pass(self) -> bool:
+        """Verify a prompt-lookup draft for row 0 in one pass; False when there is no draft."""
+        row, job = self.rows[0], self.rows[0].job
+        room = min(self.kv.row_tokens - len(row.tokens) - 1, job.decoder.remaining - 1)
+        draft = draft_tokens(row.tokens + [job.next_token], self.ngram, min(self.speculate, room))
+        if not draft:
+            return False
+        logits = self.kv.run(0, np.asarray([[job.next_token] + draft]), [len(row.tokens)])[0]
+        self.stats["drafted"] += len(draft)
+        row.tokens.append(job.next_token)
+        for position in range(len(draft) + 1):
+            token = job.sampler.choose(logits[position])
+            if not self._push(0, token, logits[position]) or position == len(draft) or token != draft[position]:
+                return True  # the last token pushed is the row's next one (its keys/values not cached yet)
+            self.stats["accepted"] += 1
+            row.tokens.append(token)  # a draft token the model chose: this pass wrote its keys/values
+        return True
+
+    def _take(self, index: int, logits: np.ndarray) -> None:
+        """Row ``index``'s next token from ``logits``; releases the row when its reply has ended."""
+        job = self.rows[index].job
+        self._push(index, job.sampler.choose(logits), logits)
+
+    def _push(self, index: int, token: int, logits: np.ndarray) -> bool:
+        """Give ``token`` to row ``index``'s reply; True while the reply goes on."""
+        job = self.rows[index].job
+        job.next_token = token
+        piece = job.decoder.push(token, logits if job.decoder.track is not None else None)
+        if piece:
+            job.put(piece)
+        if job.decoder.done or len(self.rows[index].tokens) >= self.kv.row_tokens:
+            tail = job.decoder.finish("length")
+            if tail:
+                job.put(tail)
+            self._release(index)
+            return False
+        return True
+
+    def _drop_cancelled(self) -> None:
+        for i in reversed(range(self.active)):
+            if self.rows[i].job.cancelled:
+                self._release(i)
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        """End ``job`` with ``exc`` (raised to its reader), freeing its row if it has one."""
+        job.error = exc
+        held = [i for i in range(self.active) if self.rows[i].job is job]
+        if held:
+            self.rows[held[0]].tokens, self.rows[held[0]].exact = [], 0  # its cache may be half written
+            self._release(held[0])
+        else:
+            self._end(job)
+
+    def _release(self, index: int) -> None:
+        """End row ``index``'s job and move the row to the idle region (its cache kept for reuse)."""
+        row = self.rows[index]
+        job, row.job, row.used = row.job, None, time.monotonic()
+        self.active -= 1
+        self._swap(index, self.active)
+        self._end(job)
+
+    def _swap(self, a: int, b: int) -> None:
+        if a != b:
+            self.kv.swap_rows(a, len(self.rows[a].tokens), b, len(self.rows[b].tokens))
+            self.rows[a], self.rows[b] = self.rows[b], self.rows[a]
+
+    @staticmethod
+    def _end(job: Job) -> None:
+        job.put(END)

@@ -1,0 +1,124 @@
+"""The model builder's decoder graph run by onnxruntime directly, over KV-cache rows this module owns.
+
+onnxruntime-genai's ``Generator`` cannot take a new sequence into a running batch on CPU (its batch is fixed when it is
+made, and a batched generator takes its prompt once). The graph it runs can: its GroupQueryAttention reads each
+row's own length from the attention mask (``seqlens_k``), and when the past and present KV tensors are one buffer
+(``past_present_share_buffer``) it writes each new key/value in place at that row's position. So :class:`KvRows`
+keeps ``rows`` fixed buffers of ``row_tokens`` positions per layer and runs any contiguous run of rows, each at its
+own length: a decode step over every active row, a prompt (or the rest of one, after a reused prefix) into one row.
+
+What the graph allows (onnxruntime 1.32, checked in tests): several new tokens with a past (a prompt after a reused
+prefix, a speculative draft) only for a batch of one row; one new token per row for a batch. Rows to run must be
+contiguous in memory: the caller keeps its active rows first and moves a row with :meth:`KvRows.move_row`.
+Logits come back for every new position (the caller reads the last, or all of them for a draft).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A zeroed array whose memory is taken page by page as it is written (anonymous mmap, small pages).
+
+    ``np.zeros`` asks for transparent huge pages on large arrays: the first token written to a row then maps (and
+    zero-fills) 2 MB around it in every layer, so each row took its whole share of the budget at first use (measured:
+    ~0.5 s and the full 2 GB for 8 fresh rows of the bundled model). With 4 kB pages a row's memory follows its tokens.
+    """
+    size = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buffer, dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+class KvRows:
+    """``model_dir``'s decoder (``genai_config.json`` names its file, inputs and shapes) with ``rows`` KV rows of
+    ``row_tokens`` positions each (or none until :meth:`allocate`); ``threads``: intra-op threads (None: onnxruntime's
+    default)."""
+
+    def __init__(self, model_dir: str | Path, rows: int = 0, row_tokens: int = 0, threads: int | None = None):
+        import onnxruntime as ort
+
+        self._ort = ort
+        config = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]
+        decoder = config["decoder"]
+        self.layers, self.kv_heads = int(decoder["num_hidden_layers"]), int(decoder["num_key_value_heads"])
+        self.head_size, self.vocab_size = int(decoder["head_size"]), int(config["vocab_size"])
+        names, outputs = decoder["inputs"], decoder["outputs"]
+        self._ids, self._mask, self._logits = names["input_ids"], names["attention_mask"], outputs["logits"]
+        self._past = [names[f"past_{kind}_names"] % i for i in range(self.layers) for kind in ("key", "value")]
+        self._present = [outputs[f"present_{kind}_names"] % i for i in range(self.layers) for kind in ("key", "value")]
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
+        self.session = ort.InferenceSession(str(Path(model_dir) / decoder["filename"]), options,
+                                            providers=["CPUExecutionProvider"])
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if "position_ids" in inputs or self._past[0] not in inputs:
+            raise ValueError(f"{model_dir}: not a decoder this engine drives (it takes {sorted(inputs)[:4]}...)")
+        self.dtype = _DTYPES[inputs[self._past[0]].type]
+        self.allocate(rows, row_tokens)
+
+    def allocate(self, rows: int, row_tokens: int) -> None:
+        """(Re)make the cache: ``rows`` empty rows of ``row_tokens`` positions."""
+        self.rows, self.row_tokens = rows, row_tokens
+        shape = (rows, self.kv_heads, row_tokens, self.head_size)
+        self._cache = [_lazy_zeros(shape, self.dtype) for _ in self._past]
+
+    @property
+    def bytes_per_token(self) -> int:
+        """KV-cache bytes one token takes in one row (keys and values of every layer)."""
+        return 2 * self.layers * self.kv_heads * self.head_size * np.dtype(self.dtype).itemsize
+
+    @property
+    def cache_bytes(self) -> int:
+        """The most memory the KV rows take (reached as rows fill up)."""
+        return self.rows * self.row_tokens * self.bytes_per_token
+
+    def run(self, first_row: int, ids: np.ndarray, lengths: list[int]) -> np.ndarray:
+        """Run rows ``first_row ..`` (one per line of ``ids``, int64 [rows, new]) whose caches hold ``lengths``
+        tokens; write the new tokens' keys/values after them; return the logits [rows, new, vocab]."""
+        count, new = ids.shape
+        if new > 1 and count > 1:
+            raise ValueError("several new tokens per row run one row at a time")
+        if max(lengths) + new > self.row_tokens:
+            raise ValueError(f"a row holds {self.row_tokens} tokens; {max(lengths)} + {new} do not fit")
+        mask = np.zeros((count, max(lengths) + new), np.int64)
+        for row, length in enumerate(lengths):
+            mask[row, : length + new] = 1
+        logits = np.empty((count, new, self.vocab_size), np.float32)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self._ids, np.ascontiguousarray(ids, np.int64))
+        binding.bind_cpu_input(self._mask, mask)
+        for past, present, cache in zip(self._past, self._present, self._cache):
+            value = self._ort.OrtValue.ortvalue_from_numpy(cache[first_row: first_row + count])
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)  # the same buffer: GQA writes the new entries in place
+        binding.bind_output(self._logits, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return logits
+
+    def move_row(self, source: int, target: int, length: int) -> None:
+        """Copy the first ``length`` cached tokens of row ``source`` into row ``target``."""
+        if source != target and length:
+            for cache in self._cache:
+                cache[target, :, :length] = cache[source, :, :length]
+
+    def swap_rows(self, a: int, a_length: int, b: int, b_length: int) -> None:
+        """Exchange the cached tokens of rows ``a`` and ``b`` (their first ``a_length`` / ``b_length`` positions)."""
+        if a == b:
+            return
+        for cache in self._cache:
+            held = cache[a, :, :a_length].copy()
+            cache[a, :, :b_length] = cache[b, :, :b_length]
+            cache[b, :, :a_length] = held
