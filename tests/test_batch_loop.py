@@ -1,0 +1,140 @@
+"""The continuous batch on the tiny fixture model: joining a running batch, prefix reuse, per-row seeded sampling,
+prompt-lookup speculation, and the KV rows' layout."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from chatpack.engine.batch_loop import draft_tokens, prefill_chunks
+from chatpack.engine.chat_engine import OnnxChatEngine
+from chatpack.engine.sampler import Sampler
+from chatpack.engine.scheduler import row_layout
+from chatpack.protocol.chat_request import GenerationOptions
+from chatpack.sources.fetch import fetched_model
+from tests.test_onnx_engine import chat, queued
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(fixture_fetch_run) -> str:
+    return str(fetched_model(fixture_fetch_run).onnx_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(onnx_dir) -> OnnxChatEngine:
+    return OnnxChatEngine(onnx_dir)
+
+
+def test_a_request_joins_a_running_batch_and_gets_its_solo_reply(engine):
+    late = (chat(engine, "Paris"), GenerationOptions(max_tokens=6))
+    alone = engine.complete(*late)
+    steps = engine.stats["steps"]
+    stream = engine.stream(chat(engine, "Tell me a long story"), GenerationOptions(max_tokens=120))
+    first = next(stream)
+    joined = engine.complete(*late)  # while the stream is decoding
+    rest = "".join(stream)
+    assert joined == alone and first and rest
+    assert engine.stats["largest_batch"] >= 2
+    assert engine.stats["steps"] - steps < 120 + 6  # the late request's steps were the stream's steps
+
+
+def test_a_conversation_reuses_its_cached_prefix_and_replies_as_a_cold_run(onnx_dir):
+    warm, cold = OnnxChatEngine(onnx_dir), OnnxChatEngine(onnx_dir)
+    turns = [{"role": "system", "content": "You answer briefly. " * 20}, {"role": "user", "content": "Hi"}]
+    options = GenerationOptions(max_tokens=12, logprobs=2)
+    for question in ("What is two plus two?", "And three plus three?", "Thanks!"):
+        first = warm.complete(warm.encode_chat(turns), options)
+        turns += [{"role": "assistant", "content": first.text}, {"role": "user", "content": question}]
+        reused = warm.stats["reused_tokens"]
+        ids = warm.encode_chat(turns)
+        again = warm.complete(ids, options)
+        assert warm.stats["reused_tokens"] - reused >= len(ids) // 2  # the earlier turns were not recomputed
+        fresh = OnnxChatEngine.complete(cold, ids, options)
+        cold.batch.rows[:] = [type(row)() for row in cold.batch.rows]  # keep the cold engine cold
+        assert again == fresh  # text, counts and every logprob
+        turns = turns[:-1] + [{"role": "user", "content": question}]
+    assert cold.stats["reused_tokens"] == 0
+
+
+def test_reuse_never_takes_a_row_that_is_decoding(engine):
+    ids = chat(engine, "A shared question " * 10)
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(engine.complete(ids, GenerationOptions(max_tokens=20))))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 3 and results[0] == results[1] == results[2]
+
+
+def test_seeded_sampling_in_a_batch_draws_what_it_draws_alone(engine):
+    requests = [(chat(engine, "Hi"), GenerationOptions(max_tokens=12, temperature=0.9, seed=11)),
+                (chat(engine, "Hi"), GenerationOptions(max_tokens=12, temperature=0.9, seed=12)),
+                (chat(engine, "Paris"), GenerationOptions(max_tokens=9)),
+                (chat(engine, "x"), GenerationOptions(max_tokens=10, temperature=1.3, top_p=0.8, top_k=20, seed=3))]
+    alone = [engine.complete(*r) for r in requests]
+    assert queued(engine, requests) == alone
+    assert alone[0].text != alone[1].text  # two seeds, two samples
+
+
+def test_prompt_lookup_speculation_takes_drafted_tokens_and_repeats_itself(onnx_dir):
+    engine = OnnxChatEngine(onnx_dir, speculate=4)
+    ids = engine.encode_text("one two three four five six seven eight " * 6)
+    first = engine.complete(ids, GenerationOptions(max_tokens=40))
+    assert engine.stats["drafted"] > 0
+    assert engine.complete(ids, GenerationOptions(max_tokens=40)) == first
+    assert first.completion_tokens == 40 and first.finish_reason == "length"
+    sampled = engine.stats["drafted"]
+    engine.complete(ids, GenerationOptions(max_tokens=10, temperature=0.7, seed=1))  # sampled: never speculates
+    assert engine.stats["drafted"] == sampled
+
+
+def test_draft_tokens_follow_the_latest_earlier_occurrence_of_the_last_ngram():
+    history = [1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 1, 2, 3]
+    assert draft_tokens(history, 3, 4) == [7, 8, 1, 2]
+    assert draft_tokens(history, 3, 1) == [7]
+    assert draft_tokens([5, 6, 7], 3, 4) == [] and draft_tokens([1, 2, 3, 4], 2, 4) == []
+    assert draft_tokens(history, 3, 0) == []
+
+
+def test_prefill_never_runs_a_single_token_after_a_past():
+    assert prefill_chunks(0, 600, 256) == [(0, 256), (256, 512), (512, 600)]
+    assert prefill_chunks(0, 513, 256) == [(0, 256), (256, 511), (511, 513)]
+    assert prefill_chunks(0, 1, 256) == [(0, 1)]  # a one-token prompt with no past is a prompt pass
+    assert prefill_chunks(100, 102, 256) == [(100, 102)]
+
+
+def test_the_sampler_is_greedy_without_temperature_and_keeps_to_top_k_and_top_p():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    assert Sampler(GenerationOptions()).choose(logits) == 0
+    draws = [Sampler(GenerationOptions(temperature=1.0, top_k=2, seed=s)).choose(logits) for s in range(200)]
+    assert set(draws) == {0, 1}
+    draws = [Sampler(GenerationOptions(temperature=1.0, top_p=0.5, seed=s)).choose(logits) for s in range(50)]
+    assert set(draws) == {0}
+    same = Sampler(GenerationOptions(temperature=1.0, seed=7)), Sampler(GenerationOptions(temperature=1.0, seed=7))
+    assert [same[0].choose(logits) for _ in range(20)] == [same[1].choose(logits) for _ in range(20)]
+
+
+def test_row_layout_keeps_to_the_budget_with_fewer_rows_before_short_ones():
+    small = 46_080  # the bundled model's KV bytes per token
+    assert row_layout(8, 8192, small, 2048) == (8, 5632)
+    assert row_layout(8, 2048, small, 2048) == (8, 2048)  # the whole context fits
+    big = 786_432  # Phi-3-mini's (32 layers x 32 KV heads x 96 x fp32 x 2)
+    rows, tokens = row_layout(8, 4096, big, 2048)
+    assert rows * tokens * big <= 2048 * 2**20 and tokens >= 1024 and rows == 2
+
+
+def test_kv_memory_grows_with_the_tokens_held_not_the_budget(onnx_dir):
+    engine = OnnxChatEngine(onnx_dir, kv_cache_mb=4096)
+
+    def rss() -> int:
+        return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+    before = rss()
+    engine.complete(chat(engine, "Hi"), GenerationOptions(max_tokens=8))
+    time.sleep(0.1)
+    assert rss() - before < 0.25 * engine.kv.cache_bytes
