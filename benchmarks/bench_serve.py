@@ -126,11 +126,14 @@ def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]
     servers, skipped = [], {}
     threads = str(args.threads)
     for name in [s for s in args.servers.split(",") if s]:
-        if name in ("chatpack", "chatpack_as_logged"):
-            as_logged = name == "chatpack_as_logged"
-            uri = args.model_uri if as_logged else args.served_model_uri
+        if name in ("chatpack", "chatpack_as_logged", "chatpack_before"):
+            as_logged, before = name == "chatpack_as_logged", name == "chatpack_before"
+            if before and not args.baseline_model_uri:
+                raise SystemExit("--servers chatpack_before needs --baseline_model_uri")
+            uri = args.model_uri if as_logged else args.baseline_model_uri if before else args.served_model_uri
             servers.append(Server(
-                name, "`chatpack serve` (ONNX int4" + (", model as logged)" if as_logged else ")"),
+                name, "`chatpack serve` (ONNX int4" + (", model as logged)" if as_logged else
+                                                       f", {args.baseline_label})" if before else ")"),
                 [sys.executable, "-m", "steps.serve", "--model_uri", uri, "--port", "{port}",
                  "--threads", threads, "--queue_size", str(max(64, 4 * args.clients))],
                 "/health", "/v1/chat/completions", threads=f"--threads {threads} (onnxruntime intra-op)"))
@@ -155,7 +158,7 @@ def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]
                 "/ping", "/invocations", streams=False, threads="onnxruntime default (no way to pass threads)",
                 notes="no streaming route: uniform workload only"))
         else:
-            raise SystemExit(f"--servers: unknown server {name!r} (chatpack, chatpack_as_logged, llama_server, "
+            raise SystemExit(f"--servers: unknown server {name!r} (chatpack, chatpack_as_logged, chatpack_before, llama_server, "
                              "mlflow)")
     return servers, skipped
 
@@ -299,6 +302,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llama_server", default="", help="llama-server binary (default: $LLAMA_SERVER, the build "
                                                       "script's folder, PATH).")
     p.add_argument("--gguf", default="", help="GGUF for llama-server (default: the bundled SmolLM2 file).")
+    p.add_argument("--baseline_model_uri", default="", help="For --servers chatpack_before: the same model logged "
+                   "with an earlier commit's code (a logged model runs the code it was logged with).")
+    p.add_argument("--baseline_label", default="logged before the continuous batch",
+                   help="How the tables name the baseline model's code.")
     p.add_argument("--out", default=str(common.RESULTS / "serve.json"), help="Results JSON.")
     p.add_argument("--log_dir", default="", help="Where server logs go (default: a temporary folder).")
     return p.parse_args(argv)
@@ -375,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"threads": args.threads, "clients": args.clients, "requests": args.requests,
                    "max_tokens": args.max_tokens, "turn_tokens": args.turn_tokens, "rounds": args.rounds,
                    "timeout_s": args.timeout, "model_uri": args.model_uri,
+                   "baseline_model_uri": args.baseline_model_uri or None,
                    "threads_key_added_to_a_copy": threads_key_added, "skipped": skipped,
                    "workloads": {"uniform": "short prompts, greedy, whole replies",
                                  "mixed": "half streamed, a third sampled with a seed, a quarter long prompts"},

@@ -101,11 +101,38 @@ def test_draft_tokens_follow_the_latest_earlier_occurrence_of_the_last_ngram():
     assert draft_tokens(history, 3, 0) == []
 
 
-def test_prefill_never_runs_a_single_token_after_a_past():
+def test_prefill_never_runs_one_token_after_a_past_nor_128k_plus_one_tokens():
     assert prefill_chunks(0, 600, 256) == [(0, 256), (256, 512), (512, 600)]
     assert prefill_chunks(0, 513, 256) == [(0, 256), (256, 511), (511, 513)]
     assert prefill_chunks(0, 1, 256) == [(0, 1)]  # a one-token prompt with no past is a prompt pass
     assert prefill_chunks(100, 102, 256) == [(100, 102)]
+    assert prefill_chunks(282, 411, 256) == [(282, 409), (409, 411)]  # 129 tokens: 127 + 2
+    assert prefill_chunks(0, 129, 256) == [(0, 127), (127, 129)]
+    for start in range(0, 40, 3):
+        for end in range(start + 2, 700, 7):
+            chunks = prefill_chunks(start, end, 256)
+            assert chunks[0][0] == start and chunks[-1][1] == end
+            assert all(b - a >= 2 or a == 0 for a, b in chunks) and all((b - a) % 128 != 1 or b - a == 1
+                                                                         for a, b in chunks)
+
+
+@pytest.mark.bundled
+def test_on_the_bundled_model_any_split_of_a_prompt_gives_the_same_keys_values_and_logits(bundled_fetch_run):
+    from chatpack.engine.kv_rows import KvRows
+
+    rows = KvRows(fetched_model(bundled_fetch_run).onnx_dir, 1, 1024, threads=2)
+    prompt = np.random.default_rng(7).integers(100, 40000, 650)
+
+    def prefill(cuts: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        for a, b in [chunk for x, y in zip([0, *cuts], [*cuts, 650]) for chunk in prefill_chunks(x, y)]:
+            logits = rows.run(0, prompt[None, a:b], [a])[0, -1].copy()
+        return logits, [cache[0, :, :650].copy() for cache in rows._cache[-2:]]
+
+    cold = prefill([])
+    for cuts in ([282], [200, 329], [26, 282], [384], [1, 500], [128, 257, 386]):  # 129-token passes among them
+        warm = prefill(cuts)
+        assert np.array_equal(warm[0], cold[0]), cuts
+        assert all(np.array_equal(a, b) for a, b in zip(warm[1], cold[1])), cuts
 
 
 def test_the_sampler_is_greedy_without_temperature_and_keeps_to_top_k_and_top_p():

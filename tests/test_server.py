@@ -259,3 +259,28 @@ def test_bodies_that_are_not_strict_json_text_are_400_on_every_route(onnx_server
     status, reply = raw("POST", base + route, body)
     assert status == 400 and reply["error"]["message"].startswith("request body: ") and says in \
         reply["error"]["message"], reply
+
+
+def test_a_non_streamed_request_whose_client_goes_away_is_cancelled(onnx_server):
+    _, uri = onnx_server
+    served = ServedModel(uri)
+    with serve_in_thread(served) as base:
+        wait_for_http(base + "/health", timeout=120)
+        engine = served.engine
+        host, port = base.removeprefix("http://").split(":")
+        body = json.dumps({"messages": MESSAGES, "max_tokens": 64}).encode()
+        prompts = engine.stats["prompt_tokens"]
+        with engine.model_lock:  # the model is busy: the request waits for a row
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                deadline = time.time() + 20
+                while engine.batch.waiting < 1 and time.time() < deadline:
+                    time.sleep(0.01)
+                assert engine.batch.waiting == 1 and served.in_flight == 1
+            time.sleep(1.0)  # the server notices the closed connection and cancels the waiting request
+        deadline = time.time() + 10
+        while served.in_flight and time.time() < deadline:
+            time.sleep(0.02)
+        assert served.in_flight == 0 and engine.batch.active == 0
+        assert engine.stats["prompt_tokens"] == prompts  # it never took a row

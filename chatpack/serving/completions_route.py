@@ -15,7 +15,6 @@ once, whatever its number of prompts; its prompts run one after another.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import text_completion, usage
 from chatpack.serving.chat_payload import model_features
 from chatpack.serving.completion_request import CompletionRequest, parse_completion
-from chatpack.serving.generation import as_error, data_events, read_body, refused_if_busy, stream_items
+from chatpack.serving.generation import as_error, data_events, predicted, read_body, refused_if_busy, stream_items
 from chatpack.serving.served_model import ServedModel
 
 ROUTE = "/v1/completions"
@@ -74,10 +73,9 @@ def register(app: FastAPI, served: ServedModel) -> None:
             return busy
         if completion.stream:
             return await _stream(completion)
-        loop = asyncio.get_running_loop()
         try:
             rows = [{**row, "n": completion.n} if completion.n > 1 else row for row in completion.rows]
-            replies = await loop.run_in_executor(served.executor, lambda: [served.predict(r)[0] for r in rows])
+            replies = await predicted(served, request, lambda: served.predict(rows))
         except Exception as exc:
             return as_error(exc)
         finally:

@@ -25,6 +25,8 @@ from chatpack.serving.served_model import ServedModel
 
 logger = logging.getLogger(__name__)
 
+DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
+
 
 def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
     return JSONResponse(error_body(status, message, param), status)
@@ -48,12 +50,33 @@ def whole_reply_chunks(reply: dict[str, Any], name: str) -> list[dict[str, Any]]
             chat_chunk(cid, name, created, {}, choice.get("finish_reason", "stop"), reply.get("usage"))]
 
 
-async def whole_reply(served: ServedModel, payload: dict[str, Any]) -> dict[str, Any] | JSONResponse:
-    """The model's first reply to ``payload`` (a ``chat.completion`` dict, ``model`` set to the served name), or the
-    error response."""
+async def predicted(served: ServedModel, request: Request | None, call: Callable[[], Any]) -> Any:
+    """``call()`` (which calls the model) on the model's executor. While it runs, a client that goes away gets its
+    work cancelled: the ONNX engine frees the rows of the requests this call submitted
+    (:meth:`ServedModel.cancel`), so a non-streamed request does not keep decoding for nobody."""
     loop = asyncio.get_running_loop()
+    worker: dict[str, int] = {}
+
+    def run() -> Any:
+        worker["thread"] = threading.get_ident()
+        return call()
+
+    future = loop.run_in_executor(served.executor, run)
+    while request is not None and not future.done():
+        await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+        if not future.done() and await request.is_disconnected():
+            logger.info("client went away: generation cancelled")
+            served.cancel(worker.get("thread"))
+            break
+    return await future
+
+
+async def whole_reply(served: ServedModel, payload: dict[str, Any], request: Request | None = None
+                      ) -> dict[str, Any] | JSONResponse:
+    """The model's first reply to ``payload`` (a ``chat.completion`` dict, ``model`` set to the served name), or the
+    error response; a client that goes away (``request`` disconnected) cancels it (:func:`predicted`)."""
     try:
-        replies = await loop.run_in_executor(served.executor, served.predict, payload)
+        replies = await predicted(served, request, lambda: served.predict(payload))
     except Exception as exc:
         return as_error(exc)
     finally:

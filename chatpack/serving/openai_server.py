@@ -107,7 +107,7 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
         if chat.stream:
             items = await stream_chunks(served, payload)
             return items if isinstance(items, JSONResponse) else data_events(items)
-        reply = await whole_reply(served, payload)
+        reply = await whole_reply(served, payload, request)
         return reply if isinstance(reply, JSONResponse) else JSONResponse(reply)
 
     register_responses(app, served)

@@ -72,7 +72,7 @@ def register(app: FastAPI, served: ServedModel) -> None:
         shell = ResponseShell(served.name, asked.echo)
         if asked.stream:
             return await _stream(model_payload(chat), shell, asked)
-        reply = await whole_reply(served, model_payload(chat))
+        reply = await whole_reply(served, model_payload(chat), request)
         if isinstance(reply, JSONResponse):
             return renamed_error(reply, asked.sources)
         return JSONResponse(response_object(shell, reply))

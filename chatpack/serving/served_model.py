@@ -195,6 +195,13 @@ class ServedModel:
                 "kv_mb_max": round(kv.cache_bytes / 2**20), "speculate": engine.batch.speculate,
                 "batch": dict(engine.stats)}
 
+    def cancel(self, thread: int | None) -> None:
+        """Cancel what the model is doing for the executor thread ``thread`` (the ONNX engine's batch rows of the
+        requests that thread submitted; nothing for other models)."""
+        batch = getattr(self.engine, "batch", None)
+        if thread is not None and hasattr(batch, "cancel_thread"):
+            batch.cancel_thread(thread)
+
     def queue_depth(self) -> int:
         """Admitted requests waiting for the model: for one-at-a-time models those waiting for it, for the ONNX
         engine those waiting for a row of its batch."""

@@ -21,13 +21,16 @@ A constraint that cannot be compiled is a bad request naming the field it came f
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
 import mlflow
 
+from chatpack.engine.batch_loop import OWNER
 from chatpack.engine.chat_engine import ContextOverflow, OnnxChatEngine, StreamState
 from chatpack.engine.guidance import GuidanceError, blame, build
 from chatpack.engine.logprobs import TokenLogprob, chat_logprobs, legacy_logprobs
@@ -81,7 +84,16 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> list[Any]:
         requests = [parse_request(row) for row in rows_of(model_input)]  # validate every row before generating
-        return [self._answer(request) for request in requests]
+        if len(requests) == 1:
+            return [self._answer(requests[0])]
+        caller = threading.get_ident()
+
+        def answer(request: ChatRequest) -> Any:
+            OWNER.set(caller)  # cancelling the caller's thread reaches this row's work too
+            return self._answer(request)
+
+        with ThreadPoolExecutor(min(len(requests), self.engine.max_batch)) as pool:  # rows decode together
+            return list(pool.map(answer, requests))
 
     def predict_stream(self, context, model_input, params=None) -> Iterator[Any]:
         rows = rows_of(model_input)
