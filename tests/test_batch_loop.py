@@ -59,6 +59,22 @@ def test_a_conversation_reuses_its_cached_prefix_and_replies_as_a_cold_run(onnx_
     assert cold.stats["reused_tokens"] == 0
 
 
+def test_a_reply_settled_while_idle_is_reused_by_the_next_turn_exactly(onnx_dir):
+    warm, cold = OnnxChatEngine(onnx_dir), OnnxChatEngine(onnx_dir)
+    turns = [{"role": "user", "content": "Tell me about the sea."}]
+    options = GenerationOptions(max_tokens=40)
+    first = warm.complete(warm.encode_chat(turns), options)
+    deadline = time.time() + 30
+    while warm.stats["settled_tokens"] < first.completion_tokens - 2 and time.time() < deadline:
+        time.sleep(0.01)  # the user reads the reply; the loop recomputes it meanwhile
+    assert warm.stats["settled_tokens"] >= first.completion_tokens - 2
+    turns += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And the mountains?"}]
+    ids, reused = warm.encode_chat(turns), warm.stats["reused_tokens"]
+    again = warm.complete(ids, options)
+    assert warm.stats["reused_tokens"] - reused >= len(warm.encode_chat(turns[:1])) + first.completion_tokens // 2
+    assert again == cold.complete(ids, options)
+
+
 def test_reuse_never_takes_a_row_that_is_decoding(engine):
     ids = chat(engine, "A shared question " * 10)
     results: list = []

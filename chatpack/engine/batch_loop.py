@@ -9,7 +9,10 @@ context (prompt-lookup speculation): the tokens that match what the model would 
 so the reply is the same, sooner.
 
 Rows are kept in two regions: active rows first (a decode step runs rows ``0..active-1`` in one call), then idle
-rows, which keep the KV cache of the requests they last served, most recently used first to be kept. A finished
+rows, which keep the KV cache of the requests they last served, most recently used first to be kept. Only what a
+prompt pass computed is reused (a decode step's keys/values differ in the last bits); when nothing else is waiting,
+the loop recomputes an idle row's reply tokens in prompt passes, a few at a time, so that a conversation's next turn,
+arriving after the user has read the reply, reuses the reply too. A finished
 request's row is swapped to the end of the active region. A request's text goes out through its own queue as it is
 made; closing its stream cancels it at the next step and frees its row. Each loop turn holds ``model_lock`` (shared
 with the one-request-at-a-time path), so that path gets the model between two steps.
@@ -35,6 +38,7 @@ from chatpack.engine.sampler import Sampler
 logger = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 256  # prompt tokens per call (bounds the logits buffer: 256 x vocab floats)
+SETTLE_CHUNK = 16  # reply tokens recomputed per idle turn of the loop (a new request waits for at most one)
 GEMM_TILE = 128  # a prompt pass of GEMM_TILE * k + 1 tokens computes its last one differently (see prefill_chunks)
 END = object()  # the end of a job's pieces
 # The thread a job counts as submitted by, when not the one that submits it (a model answering a request's rows from
@@ -137,7 +141,7 @@ class BatchLoop:
         self.rows = [Row() for _ in range(rows.rows)]
         self.active = 0
         self.stats = {"steps": 0, "rows_stepped": 0, "largest_batch": 0, "prompt_tokens": 0, "reused_tokens": 0,
-                      "drafted": 0, "accepted": 0}
+                      "settled_tokens": 0, "drafted": 0, "accepted": 0}
         self._waiting: list[Job] = []
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="batch-loop", daemon=True)
@@ -170,10 +174,13 @@ class BatchLoop:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._waiting and not self.active:
+                while not self._waiting and not self.active and self._unsettled() is None:
                     self._wake.wait()
             with self.model_lock:
                 try:
+                    if not self._waiting and not self.active:
+                        self._settle()
+                        continue
                     self._admit()
                     self._drop_cancelled()
                     if self.active:
@@ -220,6 +227,24 @@ class BatchLoop:
         row.exact = len(row.tokens)
         self._take(index, logits)
 
+    def _unsettled(self) -> int | None:
+        """The most recently used idle row with reply tokens a prompt pass has not computed yet (None: none)."""
+        rows = [i for i in range(self.active, len(self.rows)) if len(self.rows[i].tokens) - self.rows[i].exact >= 2]
+        return max(rows, key=lambda i: self.rows[i].used) if rows else None
+
+    def _settle(self) -> None:
+        """Idle work, a few tokens at a time: recompute an idle row's reply tokens in a prompt pass, so that the next
+        turn of its conversation reuses them too (a decode step's keys/values are not what a cold prompt computes)."""
+        index = self._unsettled()
+        if index is None:
+            return
+        row = self.rows[index]
+        end = len(row.tokens) if len(row.tokens) - row.exact <= SETTLE_CHUNK + 1 else row.exact + SETTLE_CHUNK
+        for start, stop in prefill_chunks(row.exact, end):
+            self.kv.run(index, np.asarray([row.tokens[start:stop]]), [start])
+        self.stats["settled_tokens"] += end - row.exact
+        row.exact = end
+
     def _step(self) -> None:
         """One decode step over every active row (or a speculative pass for a lone greedy request)."""
         count = self.active
@@ -245,7 +270,7 @@ class BatchLoop:
         draft = draft_tokens(row.tokens + [job.next_token], self.ngram, min(self.speculate, room))
         if not draft:
             return False
-        logits = self.kv.run(0, np.asarray([[job.next_token] + draft]), [len(row.tokens)])[0]
+        logits = self.kv.run(0, np.asarray([[job.next_token] + draft]), [len(row.tokens)], every_position=True)[0]
         self.stats["drafted"] += len(draft)
         row.tokens.append(job.next_token)
         for position in range(len(draft) + 1):
