@@ -248,7 +248,8 @@ def load_figures(server: Server, bodies: list[dict[str, Any]], replies: list[Rep
     return figures
 
 
-def conversation_turns(server: Server, max_tokens: int, timeout: float, rnd: int) -> dict[str, Any]:
+def conversation_turns(server: Server, max_tokens: int, timeout: float, rnd: int, think_s: float = 0.0
+                       ) -> dict[str, Any]:
     """Each conversation turn by turn (streamed, greedy); every later turn is followed by a cold request with the
     same history under another tag. Returns the round's warm/cold TTFTs and failures."""
     warm, cold, ratios, warm_prompt, cold_prompt, failures = [], [], [], [], [], {}
@@ -278,7 +279,8 @@ def conversation_turns(server: Server, max_tokens: int, timeout: float, rnd: int
                     warm_prompt.append(reply.prompt_tokens)
                     cold_prompt.append(other.prompt_tokens)
             history.append({"role": "assistant", "content": reply.text})
-    return {"pairs": len(warm), "failures": failures,
+            time.sleep(think_s)  # the user reads the reply before the next turn
+    return {"pairs": len(warm), "failures": failures, "think_s": think_s,
             "warm_ttft_s": common.percentile(warm, 50), "cold_ttft_s": common.percentile(cold, 50),
             "warm_over_cold": common.percentile(ratios, 50),
             "warm_prompt_tokens": common.percentile([p for p in warm_prompt if p is not None], 50),
@@ -306,6 +308,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "with an earlier commit's code (a logged model runs the code it was logged with).")
     p.add_argument("--baseline_label", default="logged before the continuous batch",
                    help="How the tables name the baseline model's code.")
+    p.add_argument("--think_s", type=float, default=0.0,
+                   help="Multi-turn: seconds the user reads a reply before the next turn (0: the next turn at once).")
+    p.add_argument("--multi_turn_only", action="store_true", help="Run only the multi-turn conversations.")
     p.add_argument("--out", default=str(common.RESULTS / "serve.json"), help="Results JSON.")
     p.add_argument("--log_dir", default="", help="Where server logs go (default: a temporary folder).")
     return p.parse_args(argv)
@@ -341,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             loads.append(common.loadavg())
             order = servers[r % len(servers):] + servers[:r % len(servers)]
-            for w, (workload, make) in enumerate(makers.items()):
+            for w, (workload, make) in enumerate(makers.items() if not args.multi_turn_only else []):
                 # Fresh prompts for every phase (the same for every server): a repeated prompt would let a server
                 # with a prompt cache skip its prefill.
                 solo = make(args.requests, args.max_tokens, (r * 4 + w * 2) * 1000)
@@ -366,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 s.resume()
                 try:
-                    turns[s.name].append(conversation_turns(s, args.turn_tokens, args.timeout, r))
+                    turns[s.name].append(conversation_turns(s, args.turn_tokens, args.timeout, r, args.think_s))
                 finally:
                     s.pause()
             print(f"round {r + 1}/{args.rounds} multi-turn done", file=sys.stderr, flush=True)
@@ -381,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_at_end": common.loadavg()},
         "config": {"threads": args.threads, "clients": args.clients, "requests": args.requests,
                    "max_tokens": args.max_tokens, "turn_tokens": args.turn_tokens, "rounds": args.rounds,
+                   "think_s": args.think_s, "multi_turn_only": args.multi_turn_only,
                    "timeout_s": args.timeout, "model_uri": args.model_uri,
                    "baseline_model_uri": args.baseline_model_uri or None,
                    "threads_key_added_to_a_copy": threads_key_added, "skipped": skipped,
