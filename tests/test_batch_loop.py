@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from chatpack.engine.batch_loop import draft_tokens, prefill_chunks
+from chatpack.engine.prompt_passes import draft_tokens, prefill_chunks
 from chatpack.engine.chat_engine import OnnxChatEngine
 from chatpack.engine.sampler import Sampler
 from chatpack.engine.scheduler import row_layout
@@ -181,3 +181,22 @@ def test_kv_memory_grows_with_the_tokens_held_not_the_budget(onnx_dir):
     engine.complete(chat(engine, "Hi"), GenerationOptions(max_tokens=8))
     time.sleep(0.1)
     assert rss() - before < 0.25 * engine.kv.cache_bytes
+
+
+def test_cancelling_a_thread_frees_the_rows_of_what_it_submitted(engine):
+    done: dict = {}
+
+    def ask() -> None:
+        done["thread"] = threading.get_ident()
+        done["reply"] = engine.complete(chat(engine, "Tell me a long story"), GenerationOptions(max_tokens=400))
+
+    with engine.model_lock:  # it waits for a row until cancelled
+        caller = threading.Thread(target=ask)
+        caller.start()
+        deadline = time.time() + 20
+        while engine.batch.waiting < 1 and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.batch.cancel_thread(done["thread"]) == 1
+        assert engine.batch.cancel_thread(threading.get_ident()) == 0  # nothing of this thread's
+    caller.join(timeout=30)
+    assert not caller.is_alive() and done["reply"].completion_tokens == 0 and engine.batch.active == 0

@@ -20,11 +20,13 @@ with the one-request-at-a-time path), so that path gets the model between two st
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,17 +35,25 @@ import numpy as np
 
 from chatpack.engine.decode_step import RowDecoder, StreamState
 from chatpack.engine.kv_rows import KvRows
+from chatpack.engine.prompt_passes import common_prefix, draft_tokens, prefill_chunks
 from chatpack.engine.sampler import Sampler
 
 logger = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 256  # prompt tokens per call (bounds the logits buffer: 256 x vocab floats)
 SETTLE_CHUNK = 16  # reply tokens recomputed per idle turn of the loop (a new request waits for at most one)
-GEMM_TILE = 128  # a prompt pass of GEMM_TILE * k + 1 tokens computes its last one differently (see prefill_chunks)
 END = object()  # the end of a job's pieces
 # The thread a job counts as submitted by, when not the one that submits it (a model answering a request's rows from
 # a pool of its own sets the request's thread here, so that cancelling that thread reaches them).
 OWNER: contextvars.ContextVar[int | None] = contextvars.ContextVar("chatpack_job_owner", default=None)
+
+
+_LOOPS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_loops() -> None:
+    for loop in list(_LOOPS):
+        loop.close()
 
 
 @dataclass
@@ -96,42 +106,6 @@ class Row:
     used: float = 0.0
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    return int(np.argmin(np.asarray(a[:n]) == np.asarray(b[:n])))
-
-
-def prefill_chunks(start: int, end: int, size: int = PREFILL_CHUNK) -> list[tuple[int, int]]:
-    """Prompt positions ``start..end`` in passes of at most ``size`` that compute every position the same way,
-    however the prompt is split (so a reused prefix plus the rest is exactly the cold prompt).
-
-    Two kinds of pass would not (measured on the bundled model, onnxruntime 1.32 CPU; up to ~0.9 in a logit): one new
-    token after a past, which the graph runs as a decode step, and a pass of 128k + 1 tokens, whose last row the
-    matrix multiplications take through their one-row path. Such a pass is split as its first tokens and its last 2.
-    """
-    bounds = list(range(start, end, size)) + [end]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
-        bounds[-2] -= 1
-    chunks: list[tuple[int, int]] = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        chunks += [(a, b - 2), (b - 2, b)] if b - a > 1 and (b - a) % GEMM_TILE == 1 else [(a, b)]
-    return chunks
-
-
-def draft_tokens(history: list[int], ngram: int, longest: int) -> list[int]:
-    """Prompt lookup: the tokens that followed the latest earlier occurrence of ``history``'s last ``ngram`` tokens
-    (at most ``longest``), or [] when they did not occur before."""
-    if longest <= 0 or len(history) <= ngram:
-        return []
-    tail, seq = history[-ngram:], np.asarray(history[:-1])
-    for start in np.flatnonzero(seq[: len(seq) - ngram + 1] == tail[0])[::-1]:
-        if history[start: start + ngram] == tail:
-            return history[start + ngram: start + ngram + longest]
-    return []
-
-
 class BatchLoop:
     """The rows' owner thread (see the module docstring). ``speculate``: the longest draft a lone greedy request
     verifies per pass (0: off)."""
@@ -144,8 +118,10 @@ class BatchLoop:
                       "settled_tokens": 0, "drafted": 0, "accepted": 0}
         self._waiting: list[Job] = []
         self._wake = threading.Condition()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="batch-loop", daemon=True)
         self._thread.start()
+        _LOOPS.add(self)
 
     @property
     def waiting(self) -> int:
@@ -155,6 +131,8 @@ class BatchLoop:
     def submit(self, job: Job) -> Job:
         """Queue ``job`` for the next free row; read its text from ``job.results()``."""
         with self._wake:
+            if self._closed:
+                raise RuntimeError("the model's batch loop has stopped")
             self._waiting.append(job)
             self._wake.notify()
         return job
@@ -171,12 +149,23 @@ class BatchLoop:
         return len(jobs)
 
     # -- the loop --------------------------------------------------------------------------------------------------
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the loop after its current step (waiting and active jobs end with an error). Called for every loop
+        when the interpreter exits: a step still inside onnxruntime while the process tears down aborts it."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._waiting and not self.active and self._unsettled() is None:
+                while not self._closed and not self._waiting and not self.active and self._unsettled() is None:
                     self._wake.wait()
             with self.model_lock:
+                if self._closed:
+                    self._shut()
+                    return
                 try:
                     if not self._waiting and not self.active:
                         self._settle()
@@ -305,6 +294,16 @@ class BatchLoop:
         for i in reversed(range(self.active)):
             if self.rows[i].job.cancelled:
                 self._release(i)
+
+    def _shut(self) -> None:
+        closed = RuntimeError("the model's batch loop has stopped (the process is exiting)")
+        with self._wake:
+            waiting, self._waiting = self._waiting, []
+        for job in waiting:
+            job.error = closed
+            self._end(job)
+        for i in reversed(range(self.active)):
+            self._fail(self.rows[i].job, closed)
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         """End ``job`` with ``exc`` (raised to its reader), freeing its row if it has one."""

@@ -95,6 +95,14 @@ class OnnxChatEngine:
         logger.info("Constrained decoding ready in %.2f s (tools through the chat template: %s)",
                     self.genai.warm_up(), self.native_tools)
 
+    def close(self) -> None:
+        """Stop the batch loop (its thread, and the KV rows it holds, go with it)."""
+        self.batch.close()
+
+    def __del__(self) -> None:
+        if hasattr(self, "batch"):
+            self.batch.close()
+
     # -- prompts ---------------------------------------------------------------------------------------------------
     def encode_chat(self, messages: list[dict], reply_format: ReplyFormat | None = None) -> list[int]:
         """Token ids of ``messages`` rendered with the model's own chat template (from its tokenizer files); tools

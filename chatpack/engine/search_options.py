@@ -14,7 +14,6 @@ from typing import Any
 from chatpack.protocol.chat_request import GenerationOptions
 
 GENAI_SEEDS = 2**31  # random_seed is an int32 in onnxruntime-genai 0.18 (larger ones fail to convert)
-GREEDY = GenerationOptions()  # what a batch runs with: rows share one generator, so one set of search options
 
 
 def search_options(options: GenerationOptions, prompt_tokens: int, max_new: int, context_length: int,
