@@ -158,8 +158,8 @@ def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]
                 "/ping", "/invocations", streams=False, threads="onnxruntime default (no way to pass threads)",
                 notes="no streaming route: uniform workload only"))
         else:
-            raise SystemExit(f"--servers: unknown server {name!r} (chatpack, chatpack_as_logged, chatpack_before, llama_server, "
-                             "mlflow)")
+            raise SystemExit(f"--servers: unknown server {name!r} (chatpack, chatpack_as_logged, chatpack_before, "
+                             "llama_server, mlflow)")
     return servers, skipped
 
 

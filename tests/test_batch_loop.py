@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from chatpack.engine.prompt_passes import draft_tokens, prefill_chunks
 from chatpack.engine.chat_engine import OnnxChatEngine
+from chatpack.engine.prompt_passes import draft_tokens, prefill_chunks
 from chatpack.engine.sampler import Sampler
 from chatpack.engine.scheduler import row_layout
 from chatpack.protocol.chat_request import GenerationOptions

@@ -21,32 +21,22 @@ with the one-request-at-a-time path), so that path gets the model between two st
 from __future__ import annotations
 
 import atexit
-import contextvars
 import logging
-import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from chatpack.engine.decode_step import RowDecoder, StreamState
+from chatpack.engine.batch_job import END, Job
 from chatpack.engine.kv_rows import KvRows
 from chatpack.engine.prompt_passes import common_prefix, draft_tokens, prefill_chunks
-from chatpack.engine.sampler import Sampler
 
 logger = logging.getLogger(__name__)
 
 SETTLE_CHUNK = 16  # reply tokens recomputed per idle turn of the loop (a new request waits for at most one)
-END = object()  # the end of a job's pieces
-# The thread a job counts as submitted by, when not the one that submits it (a model answering a request's rows from
-# a pool of its own sets the request's thread here, so that cancelling that thread reaches them).
-OWNER: contextvars.ContextVar[int | None] = contextvars.ContextVar("chatpack_job_owner", default=None)
-
-
 _LOOPS: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -54,45 +44,6 @@ _LOOPS: weakref.WeakSet = weakref.WeakSet()
 def _close_loops() -> None:
     for loop in list(_LOOPS):
         loop.close()
-
-
-@dataclass
-class Job:
-    """One request in (or waiting for) a row. Its decoder fills in its own :class:`StreamState` as the loop runs
-    ahead; ``state`` (the caller's) is brought up to each piece as the reader takes it, so that after a piece it
-    holds that piece's counts and logprob entries, no later ones."""
-
-    prompt_ids: list[int]
-    decoder: RowDecoder
-    sampler: Sampler
-    state: StreamState
-    pieces: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    cancelled: bool = False
-    error: BaseException | None = None
-    next_token: int | None = None  # chosen, its KV not yet cached
-    thread: int = field(default_factory=lambda: OWNER.get() or threading.get_ident())  # see BatchLoop.cancel_thread
-
-    def put(self, piece: object) -> None:
-        """Hand ``piece`` (text, or :data:`END`) to the reader with the decoder's state as of now."""
-        made = self.decoder.state
-        self.pieces.put((piece, made.completion_tokens, made.finish_reason, len(made.logprobs or ())))
-
-    def results(self) -> Iterator[str]:
-        """The job's text pieces as they come; re-raises its failure; closing the iterator cancels the job."""
-        made = self.decoder.state
-        try:
-            while True:
-                piece, self.state.completion_tokens, self.state.finish_reason, entries = self.pieces.get()
-                if made.logprobs is not None:
-                    self.state.logprobs = (self.state.logprobs or []) + made.logprobs[len(self.state.logprobs or ()):
-                                                                                      entries]
-                if piece is END:
-                    break
-                yield piece
-            if self.error is not None:
-                raise self.error
-        finally:
-            self.cancelled = True
 
 
 @dataclass

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chatpack.engine.batch_loop import BatchLoop, Job
+from chatpack.engine.batch_job import Job
+from chatpack.engine.batch_loop import BatchLoop
 from chatpack.engine.decode_step import RowDecoder, StreamState, decode
 from chatpack.engine.genai_model import GenaiModel
 from chatpack.engine.kv_rows import KvRows

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import mlflow
 
-from chatpack.engine.batch_loop import OWNER
+from chatpack.engine.batch_job import OWNER
 from chatpack.engine.chat_engine import ContextOverflow, OnnxChatEngine, StreamState
 from chatpack.engine.guidance import GuidanceError, blame, build
 from chatpack.engine.logprobs import TokenLogprob, chat_logprobs, legacy_logprobs
