@@ -200,3 +200,16 @@ def test_cancelling_a_thread_frees_the_rows_of_what_it_submitted(engine):
         assert engine.batch.cancel_thread(threading.get_ident()) == 0  # nothing of this thread's
     caller.join(timeout=30)
     assert not caller.is_alive() and done["reply"].completion_tokens == 0 and engine.batch.active == 0
+
+
+@pytest.mark.bundled
+def test_an_int8_model_decodes_in_even_steps_with_the_same_replies_alone_and_batched(bundled_fetch_run):
+    from tests.conftest import BUNDLED_MODEL, run_fetch
+
+    int8 = run_fetch("--model", BUNDLED_MODEL, "--precision", "int8", "--block_size", "128", "--damage", "false")
+    engine = OnnxChatEngine(fetched_model(int8).onnx_dir)
+    assert engine.batch.pad_odd and not engine.batch.reuse  # what the probe finds for the builder's int8 kernels
+    requests = [(chat(engine, text), GenerationOptions(max_tokens=40))
+                for text in ("Name a color.", "Why is the sky blue?", "List three fruits.")]
+    alone = [engine.complete(*r) for r in requests]
+    assert queued(engine, requests) == alone and queued(engine, requests[:2]) == alone[:2]

@@ -65,6 +65,13 @@ class BatchLoop:
         self.kv, self.model_lock, self.speculate, self.ngram = rows, model_lock, speculate, ngram
         self.rows = [Row() for _ in range(rows.rows)]
         self.active = 0
+        # What this model's kernels allow (KvRows.probe). Where a step's unpaired last row is computed differently,
+        # every step runs an even number of rows (an odd one adds the next idle row, written past its cached tokens
+        # only, and one row is kept free for it), so that a reply is the same alone or batched. Prefixes are reused
+        # only where any split of a prompt computes the same keys and values.
+        same_rows, self.reuse = rows.probe() if rows.rows > 2 else (True, rows.rows > 0)
+        self.pad_odd = not same_rows
+        self.capacity = len(self.rows) - (1 if self.pad_odd and len(self.rows) % 2 else 0)
         self.stats = {"steps": 0, "rows_stepped": 0, "largest_batch": 0, "prompt_tokens": 0, "reused_tokens": 0,
                       "settled_tokens": 0, "drafted": 0, "accepted": 0}
         self._waiting: list[Job] = []
@@ -132,7 +139,7 @@ class BatchLoop:
 
     def _admit(self) -> None:
         """Waiting jobs into free rows, each prefilled after the longest prefix an idle row holds."""
-        while self.active < len(self.rows):
+        while self.active < self.capacity:
             with self._wake:
                 if not self._waiting:
                     return
@@ -149,7 +156,7 @@ class BatchLoop:
     def _start(self, job: Job) -> None:
         idle = range(self.active, len(self.rows))
         shared = {i: min(common_prefix(self.rows[i].tokens[: self.rows[i].exact], job.prompt_ids),
-                         len(job.prompt_ids) - 2) for i in idle}  # >= 2 new tokens: a prompt pass (see prefill)
+                         len(job.prompt_ids) - 2) if self.reuse else 0 for i in idle}  # >= 2 new: a prompt pass
         best = max(idle, key=lambda i: (shared[i], self.rows[i].used))
         reuse = max(shared[best], 0)
         if reuse == 0:  # nothing to reuse: take the least recently used row, keep the others' caches
@@ -169,7 +176,8 @@ class BatchLoop:
 
     def _unsettled(self) -> int | None:
         """The most recently used idle row with reply tokens a prompt pass has not computed yet (None: none)."""
-        rows = [i for i in range(self.active, len(self.rows)) if len(self.rows[i].tokens) - self.rows[i].exact >= 2]
+        rows = [i for i in range(self.active, len(self.rows))
+                if self.reuse and len(self.rows[i].tokens) - self.rows[i].exact >= 2]
         return max(rows, key=lambda i: self.rows[i].used) if rows else None
 
     def _settle(self) -> None:
@@ -192,9 +200,11 @@ class BatchLoop:
             job = self.rows[0].job
             if job.sampler.greedy and job.decoder.track is None and self._speculative_pass():
                 return
-        ids = np.asarray([[self.rows[i].job.next_token] for i in range(count)])
+        ids = [[self.rows[i].job.next_token] for i in range(count)]
         lengths = [len(self.rows[i].tokens) for i in range(count)]
-        logits = self.kv.run(0, ids, lengths)
+        if count % 2 and self.pad_odd and len(self.rows[count].tokens) < self.kv.row_tokens:
+            ids, lengths = ids + [[0]], lengths + [len(self.rows[count].tokens)]  # past its cached tokens only
+        logits = self.kv.run(0, np.asarray(ids), lengths)
         self.stats["steps"] += 1
         self.stats["rows_stepped"] += count
         self.stats["largest_batch"] = max(self.stats["largest_batch"], count)

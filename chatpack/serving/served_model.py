@@ -193,6 +193,7 @@ class ServedModel:
                 "kv_bytes_per_token": kv.bytes_per_token, "kv_mb_per_row": round(kv.row_tokens * kv.bytes_per_token
                                                                                  / 2**20, 1),
                 "kv_mb_max": round(kv.cache_bytes / 2**20), "speculate": engine.batch.speculate,
+                "prefix_reuse": engine.batch.reuse, "even_steps": engine.batch.pad_odd,
                 "batch": dict(engine.stats)}
 
     def cancel(self, thread: int | None) -> None:
