@@ -9,20 +9,17 @@ own length: a decode step over every active row, a prompt (or the rest of one, a
 
 What the graph allows (onnxruntime 1.32, checked in tests): several new tokens with a past (a prompt after a reused
 prefix, a speculative draft) only for a batch of one row; one new token per row for a batch. Rows to run must be
-contiguous in memory: the caller keeps its active rows first and moves a row with :meth:`KvRows.move_row`.
-Logits come back for every new position (the caller reads the last, or all of them for a draft).
+contiguous in memory: the caller keeps its active rows first and exchanges rows with :meth:`KvRows.swap_rows`.
+Logits come back for the last new position (a prefill), or for every new one when asked (a speculative draft).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import mmap
 from pathlib import Path
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 LOGITS_FROM = "chatpack_logits_from"  # the input last_positions_graph adds
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -161,12 +158,6 @@ class KvRows:
             self.run(0, prompt[:, :cut], [0])
             splits_exact &= bool(np.array_equal(self.run(0, prompt[:, cut:], [cut])[0, -1], whole))
         return bool(same_rows), splits_exact
-
-    def move_row(self, source: int, target: int, length: int) -> None:
-        """Copy the first ``length`` cached tokens of row ``source`` into row ``target``."""
-        if source != target and length:
-            for cache in self._cache:
-                cache[target, :, :length] = cache[source, :, :length]
 
     def swap_rows(self, a: int, a_length: int, b: int, b_length: int) -> None:
         """Exchange the cached tokens of rows ``a`` and ``b`` (their first ``a_length`` / ``b_length`` positions)."""
