@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # `mlflow run --env-manager local` runs each step with the `python` found on PATH: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-docker test-spark-cluster test-heavy clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,15 @@ demo: setup
 test: setup
 	$(BIN)/ruff check chatpack steps tests benchmarks
 	$(BIN)/python -m pytest
+
+# Opt-in heavy checks (not in `make test` / CI): a Docker engine, a Spark standalone cluster.
+test-docker: setup
+	$(BIN)/python -m pytest -m docker tests/test_docker.py
+
+test-spark-cluster: setup
+	$(BIN)/python -m pytest -m spark_cluster tests/test_spark_cluster.py
+
+test-heavy: test-docker test-spark-cluster
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db .pytest_cache

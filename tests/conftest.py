@@ -3,6 +3,8 @@ the bundled model, built once per session."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -83,3 +85,37 @@ def mlflow_run(project: Path, entry_point: str, params: dict[str, str], timeout:
     # mlflow runs the entry point's `python ...` from PATH: make it this interpreter.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     return subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def small_eval_set(path) -> str:
+    """The hand-written rows and two of each generated kind: every row shape, in a tenth of the full set's time."""
+    from chatpack.evaluation.data import DEFAULT_EVAL_DATA
+
+    lines = DEFAULT_EVAL_DATA.read_text().splitlines()
+    kept = [ln for ln in lines if not json.loads(ln)["id"].startswith("gen-")
+            or json.loads(ln)["id"].endswith(("-001", "-002"))]
+    path.write_text("\n".join(kept) + "\n")
+    return str(path)
+
+
+@contextlib.contextmanager
+def tracking_server(folder: Path, workers: int = 1):
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite store, proxied artifacts under ``folder``): yields its URI.
+
+    This is what separate pods, containers or Spark workers share, and all they share."""
+    from benchmarks.common import stop_process
+
+    port = free_port()
+    log = open(folder / "mlflow-server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "art"),
+         "--workers", str(workers)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=90, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc, group=True)
+        log.close()

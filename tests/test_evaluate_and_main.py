@@ -16,21 +16,12 @@ from chatpack.evaluation.rules import rule_pass_rate
 from chatpack.pipeline.reuse import find_reusable_run, logged_params
 from chatpack.project import CODE_VERSION_TAG, code_version
 from steps import evaluate, log_onnx_pyfunc, log_transformers
-from tests.conftest import FIXTURE_MODEL, copy_project, mlflow_run
+from tests.conftest import FIXTURE_MODEL, copy_project, mlflow_run, small_eval_set
 
 
 def model_run(step, fetch_run_id: str) -> str:
     assert step.main(["--fetch_run_id", fetch_run_id, "--max_new_tokens", "8"]) == 0
     return mlflow.last_active_run().info.run_id
-
-
-def small_eval_set(path) -> str:
-    """The hand-written rows and two of each generated kind: every row shape, in a tenth of the full set's time."""
-    lines = DEFAULT_EVAL_DATA.read_text().splitlines()
-    kept = [ln for ln in lines if not json.loads(ln)["id"].startswith("gen-")
-            or json.loads(ln)["id"].endswith(("-001", "-002"))]
-    path.write_text("\n".join(kept) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="session")

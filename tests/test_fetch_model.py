@@ -209,29 +209,16 @@ def test_mlflow_run_fetch_model_end_to_end(tmp_path):
 @pytest.fixture()
 def tracking_server(tmp_path, monkeypatch):
     """A real MLflow tracking server proxying artifacts (mlflow-artifacts:/), as separate Kubernetes pods share."""
-    import subprocess
-    import sys
-
-    from tests.conftest import free_port, wait_for_http
+    from tests.conftest import tracking_server as start_server
 
     previous_uri = mlflow.get_tracking_uri()
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=90, proc=proc)
-        uri = f"http://127.0.0.1:{port}"
+    with start_server(tmp_path) as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
-        yield uri
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        mlflow.set_tracking_uri(previous_uri)
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
 
 
 @pytest.mark.e2e
