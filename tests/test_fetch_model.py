@@ -46,6 +46,8 @@ def test_fixture_fetch_logs_the_output_contract(fixture_fetch_run):
     assert tags["chatpack.revision.resolved"].startswith("fixture-v")
     assert len(tags["chatpack.sha256.model.safetensors"]) == 64
     assert tags["chatpack.builder_version"] == "0.18.0"
+    assert tags["chatpack.onnx_form"] == "builder" and "chatpack.onnx_source" not in tags  # no onnx_source given
+    assert params["onnx_source"] == "" and params["onnx_revision"] == "main"
     assert tags["chatpack.version.transformers"] and tags["chatpack.version.mlflow"]
     assert params["model"] == FIXTURE_MODEL and params["precision"] == "int4"
     assert metrics["hf_model_bytes"] > 100_000 and metrics["onnx_model_bytes"] > 10_000
