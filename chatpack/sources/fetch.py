@@ -138,6 +138,7 @@ def fetch(options: FetchOptions) -> FetchResult:
         if cache_hit:
             logger.info("ONNX cache hit: %s", entry)
         else:
+            onnx_build.check_builder_memory(material.hf_dir, recipe.precision)
             with atomic_dir(entry) as tmp:
                 onnx_build.build_onnx(material.hf_dir, tmp, recipe.precision, options.execution_provider,
                                       cache_root() / "builder", extra)
