@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tracing", type=common.str2bool, default=True, help="Trace each chat request in MLflow.")
     p.add_argument("--trace_text", type=common.str2bool, default=True,
                    help="Record prompt and reply text in traces (false: roles, options and token counts only).")
-    p.add_argument("--api_key", default="",
+    p.add_argument("--api_key", "--api-key", default="",
                    help=f"An API key clients must send on /v1/* ('Authorization: Bearer KEY' or 'x-api-key: KEY'); "
                         f"prefer the {API_KEY_ENV} environment variable (a flag shows in the process list). "
                         f"Empty = none.")
@@ -111,6 +111,9 @@ def read_key_file(path: str) -> list[str]:
 def api_keys(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> list[str]:
     """Every configured key, in order, without repeats: ``CHATPACK_API_KEY``, ``--api_key``, ``--api_key_file``."""
     keys = []
+    if API_KEY_ENV in environ and not environ[API_KEY_ENV].strip():
+        # set but empty (a secret that expanded to nothing): refuse rather than serve with no authentication
+        raise ValueError(f"{API_KEY_ENV}: set but empty; give it a key, or unset it to serve without authentication")
     for where, value in ((API_KEY_ENV, environ.get(API_KEY_ENV, "")), ("api_key", args.api_key)):
         if value.strip():
             keys.append(_checked_key(value.strip(), where))

@@ -322,3 +322,22 @@ def test_flag_errors_exit_2_naming_the_flag(started, tmp_path, capsys, file_text
     assert says.format(path=path, dir=tmp_path) in err
     assert "bad key" not in err and "two words" not in err  # a key is never echoed, even a malformed one
     assert not started
+
+
+def test_a_key_variable_set_but_empty_is_refused_not_served_open(started, monkeypatch, capsys):
+    monkeypatch.setenv(API_KEY_ENV, "  ")  # e.g. a Kubernetes secret that expanded to nothing
+    assert serve_step.main(["--model_uri", "models:/m@champion", "--host", "0.0.0.0"]) == 2
+    assert f"{API_KEY_ENV}: set but empty" in capsys.readouterr().err
+    assert not started
+
+
+def test_vllm_style_api_key_flag_spelling_is_accepted(started):
+    assert serve_step.main(["--model_uri", "models:/m@champion", "--api-key", "sk-dash"]) == 0
+    assert started[0][1]["api_keys"] == ["sk-dash"]
+
+
+def test_a_load_error_on_the_open_health_route_masks_url_credentials():
+    from chatpack.serving.served_model import without_credentials
+
+    text = without_credentials("MlflowException: API request to http://alice:hunter2pw@127.0.0.1:5999/api failed")
+    assert "hunter2pw" not in text and "alice" not in text and "http://***@127.0.0.1:5999/api" in text

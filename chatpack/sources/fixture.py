@@ -106,7 +106,7 @@ PHI3_ADDED_TOKENS = {32000: "<|endoftext|>", 32001: "<|assistant|>", 32002: "<|p
                      32010: "<|user|>"}
 PHI3_EOS_IDS = [32000, 32001, 32007]  # generation_config.json of Phi-3-mini-4k-instruct
 BASE_VOCAB = 32000
-SHARD_BYTES = 2 * 2**30  # safetensors shards of at most ~2 GiB: the build holds one shard in memory at a time
+SHARD_BYTES = 512 * 2**20  # safetensors shards of at most 512 MiB: the build holds one shard in memory at a time
 
 
 def phi3_mini_config(**overrides):
