@@ -16,7 +16,6 @@ import huggingface_hub
 import huggingface_hub.constants
 import mlflow
 import onnx
-import onnxruntime_genai as og
 import pytest
 from mlflow.tracking import MlflowClient
 from openai.types.chat import ChatCompletion
@@ -30,28 +29,12 @@ from chatpack.sources.onnx_source import OnnxSource, locate, parse_onnx_source
 from chatpack.sources.resolve import SourceError, sha256_file
 from steps import fetch_model, log_onnx_pyfunc
 from steps import main as main_step
-from tests.conftest import FIXTURE_MODEL
+from tests.conftest import FIXTURE_MODEL, greedy_reply
 
 REPO = "Phi-3-mini-4k-instruct-onnx"
 SUBFOLDER = "cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4"
 PUBLISHED = "phi3-mini-4k-instruct-cpu-int4-rtn-block-32-acc-level-4.onnx"
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
-
-
-def _generate(onnx_dir: Path, user: str, max_new: int) -> tuple[str, int]:
-    """Greedy reply of the onnxruntime-genai folder to one user turn, through its own chat template."""
-    model = og.Model(str(onnx_dir))
-    tok = og.Tokenizer(model)
-    ids = tok.encode(tok.apply_chat_template(json.dumps([{"role": "user", "content": user}]),
-                                             add_generation_prompt=True))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids)
-    while not gen.is_done():
-        gen.generate_next_token()
-    new = gen.get_sequence(0)[len(ids):]
-    return tok.decode(new), len(new)
 
 
 def publish(onnx_dir: Path, dest: Path) -> Path:
@@ -178,7 +161,7 @@ def test_fetch_with_onnx_source_uses_the_published_build_without_the_builder(onn
 
 
 def test_logged_onnx_folder_generates_with_onnxruntime_genai(onnx_source_run):
-    text, n_new = _generate(fetched_model(onnx_source_run).onnx_dir, "Hello, how are you?", max_new=8)
+    text, n_new = greedy_reply(fetched_model(onnx_source_run).onnx_dir, "Hello, how are you?", max_new=8)
     assert 1 <= n_new <= 8 and isinstance(text, str)
 
 
@@ -212,7 +195,7 @@ def test_a_template_in_tokenizer_config_is_used_as_it_is(copy_of, fixture_fetch_
     template = result.info["onnx_source"]["chat_template"]
     assert template == {"from": "onnx_source", "file": "tokenizer_config.json", "same_as_model": True}
     assert not (result.onnx_dir / "chat_template.jinja").exists()
-    text, n_new = _generate(result.onnx_dir, "Hello", max_new=3)
+    text, n_new = greedy_reply(result.onnx_dir, "Hello", max_new=3)
     assert n_new >= 1
 
 
