@@ -118,6 +118,12 @@ def test_no_key_is_a_401_authentication_error_in_openais_shape(server):
     assert reply.headers["www-authenticate"] == "Bearer"
 
 
+def test_another_authorization_scheme_is_401_saying_bearer_is_expected(server):
+    reply = httpx.get(server + "/v1/models", headers={"Authorization": f"Basic {ENV_KEY}"})
+    assert reply.status_code == 401 and reply.json()["error"]["code"] == "invalid_api_key"
+    assert "Bearer" in reply.json()["error"]["message"] and ENV_KEY not in reply.text
+
+
 def test_a_wrong_key_is_401_and_not_echoed(server):
     with pytest.raises(openai.AuthenticationError) as err:
         api(server, WRONG_KEY).chat.completions.create(model="m", messages=MESSAGES, max_tokens=2)

@@ -293,6 +293,17 @@ def test_serve_pod_is_non_root_and_writes_only_to_its_volumes(path):
         assert any(env[name] == m or env[name].startswith(m + "/") for m in mounts), f"{name} is not on a volume"
 
 
+@pytest.mark.parametrize("path", SERVE_DEPLOYMENTS, ids=lambda p: p.relative_to(SERVE).as_posix())
+def test_serve_ephemeral_storage_request_covers_its_emptydirs(path):
+    """The scheduler places the pod by its request, the kubelet evicts it past a sizeLimit: a request below the
+    emptyDirs' sum lets the pod land on a node that cannot hold the model it downloads."""
+    pod = only(path, "Deployment")["spec"]["template"]["spec"]
+    resources = serve_container(only(path, "Deployment"))["resources"]
+    empty_dirs = sum(quantity(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"] if "emptyDir" in v)
+    assert quantity(resources["requests"]["ephemeral-storage"]) >= empty_dirs
+    assert quantity(resources["limits"]["ephemeral-storage"]) >= empty_dirs
+
+
 def test_serve_service_and_scrape_annotations_reach_the_container_port():
     deployment = only(SERVE / "deployment.yaml", "Deployment")
     container = serve_container(deployment)

@@ -105,8 +105,12 @@ class ApiKeyGuard:
             await receive()
             await send({"type": "websocket.close", "code": 1008})
             return
-        message = ("invalid API key" if presented else
-                   "missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')")
+        if presented:
+            message = "invalid API key"
+        elif any(name == b"authorization" for name, _ in scope["headers"]):
+            message = "Authorization: only the Bearer scheme is accepted: send 'Authorization: Bearer <key>'"
+        else:
+            message = "missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')"
         await unauthorized(message)(scope, receive, send)
 
 
