@@ -165,6 +165,24 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
     return "\n".join([machine_line(payload, source, others), "", note, "", *head, *rows, "", *turns])
 
 
+def grammar_table(payload: dict[str, Any], source: str = "benchmarks/results/grammar-libs.json") -> str:
+    """LLGuidance against xgrammar: per constraint, compile ms and per-token mask microseconds (median, min-max)."""
+    libs = payload["machine"].get("libraries", {})
+    head = [f"Source: `{source}` ({payload['machine'].get('date', '?')[:10]}, commit "
+            f"{payload['machine'].get('git_commit') or '?'}); llguidance {libs.get('llguidance', '?')}, xgrammar "
+            f"{libs.get('xgrammar', 'not installed')}; one thread; {payload['config']['rounds']} interleaved rounds; "
+            "the same token path for both libraries.", "",
+            "| constraint | library | compile ms | mask us per token | tokens | refused |", "|---|---|---|---|---|---|"]
+
+    def cell(s: dict | None, digits: int) -> str:
+        return "n/a" if not s else f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+    rows = [f"| {r['constraint']} | {r['library']} | {cell(r['compile_ms'], 2)} | {cell(r['mask_us'], 0)} | "
+            f"{r['tokens']}/{r['walk_tokens']} | {(r['error'] or ('walk rejected' if r['rejected_walk'] else ''))[:70]"
+            f".replace('|', '/')} |" for r in payload["rows"]]
+    return "\n".join(head + rows)
+
+
 def fmt_percent(rounds: list[dict[str, Any]]) -> str:
     """Share of the CPU other processes used during the row's measurements, as median (min-max) percent."""
     s = spread([r.get("other_cpu_share") for r in rounds])
