@@ -177,9 +177,11 @@ def grammar_table(payload: dict[str, Any], source: str = "benchmarks/results/gra
     def cell(s: dict | None, digits: int) -> str:
         return "n/a" if not s else f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
+    def note(r: dict) -> str:
+        return (r["error"] or ("walk rejected" if r["rejected_walk"] else ""))[:70].replace("|", "/")
+
     rows = [f"| {r['constraint']} | {r['library']} | {cell(r['compile_ms'], 2)} | {cell(r['mask_us'], 0)} | "
-            f"{r['tokens']}/{r['walk_tokens']} | {(r['error'] or ('walk rejected' if r['rejected_walk'] else ''))[:70]"
-            f".replace('|', '/')} |" for r in payload["rows"]]
+            f"{r['tokens']}/{r['walk_tokens']} | {note(r)} |" for r in payload["rows"]]
     return "\n".join(head + rows)
 
 
