@@ -4,7 +4,11 @@ One thread owns the rows. Each turn of its loop it (1) takes waiting requests in
 after the longest prefix a row still holds from an earlier request (prefix reuse), then (2) runs one decode step over
 every active row, each row choosing its own next token (:class:`~chatpack.engine.sampler.Sampler`: greedy, or sampled
 with its own seed) and going through the shared decode step (:class:`~chatpack.engine.decode_step.RowDecoder`: EOS,
-stops, ``max_tokens``, logprobs). A request running alone, greedy, may instead verify a draft copied from its own
+stops, ``max_tokens``, logprobs). A constrained row (structured output, tools) draws from its logits under its own
+token mask (:mod:`chatpack.engine.grammar`): the masks of a step's constrained rows are computed together, on another
+thread while onnxruntime runs the step (a row's mask depends only on the tokens it has taken), and the drawn token is
+fed back to the row's matcher; a row whose grammar admits nothing but the end of the reply ends without another
+step. A request running alone, greedy, may instead verify a draft copied from its own
 context (prompt-lookup speculation): the tokens that match what the model would have chosen are taken in one pass,
 so the reply is the same, sooner.
 
@@ -25,12 +29,15 @@ import logging
 import threading
 import time
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from chatpack.engine.batch_job import END, Job
+from chatpack.engine.grammar import fill_masks, masked
+from chatpack.engine.guidance import GuidanceError
 from chatpack.engine.kv_rows import KvRows
 from chatpack.engine.prompt_passes import common_prefix, draft_tokens, prefill_chunks
 
@@ -75,6 +82,7 @@ class BatchLoop:
         self.stats = {"steps": 0, "rows_stepped": 0, "largest_batch": 0, "prompt_tokens": 0, "reused_tokens": 0,
                       "settled_tokens": 0, "drafted": 0, "accepted": 0}
         self._waiting: list[Job] = []
+        self._masker = ThreadPoolExecutor(1, thread_name_prefix="batch-masks")  # masks beside the model's step
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="batch-loop", daemon=True)
@@ -114,6 +122,7 @@ class BatchLoop:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout)
+        self._masker.shutdown(wait=False)
 
     def _loop(self) -> None:
         while True:
@@ -166,12 +175,14 @@ class BatchLoop:
         row.job, row.tokens, row.exact, self.active = job, row.tokens[:reuse], 0, self.active + 1
         self.stats["prompt_tokens"] += len(job.prompt_ids)
         self.stats["reused_tokens"] += reuse
+        masks = self._masks([job])  # the first token's mask, computed while the prompt is
         logits = None
         for start, end in prefill_chunks(reuse, len(job.prompt_ids)):
             chunk = job.prompt_ids[start:end]
             logits = self.kv.run(index, np.asarray([chunk]), [start])[0, -1]
             row.tokens.extend(chunk)
         row.exact = len(row.tokens)
+        self._note_masks([job], masks)
         self._take(index, logits)
 
     def _unsettled(self) -> int | None:
@@ -198,13 +209,17 @@ class BatchLoop:
         count = self.active
         if count == 1 and self.speculate and not self._waiting:
             job = self.rows[0].job
-            if job.sampler.greedy and job.decoder.track is None and self._speculative_pass():
+            if (job.sampler.greedy and job.decoder.track is None and job.matcher is None
+                    and self._speculative_pass()):
                 return
-        ids = [[self.rows[i].job.next_token] for i in range(count)]
+        jobs = [self.rows[i].job for i in range(count)]
+        ids = [[job.next_token] for job in jobs]
         lengths = [len(self.rows[i].tokens) for i in range(count)]
         if count % 2 and self.pad_odd and len(self.rows[count].tokens) < self.kv.row_tokens:
             ids, lengths = ids + [[0]], lengths + [len(self.rows[count].tokens)]  # past its cached tokens only
+        masks = self._masks(jobs)
         logits = self.kv.run(0, np.asarray(ids), lengths)
+        self._note_masks(jobs, masks)
         self.stats["steps"] += 1
         self.stats["rows_stepped"] += count
         self.stats["largest_batch"] = max(self.stats["largest_batch"], count)
@@ -231,18 +246,47 @@ class BatchLoop:
             row.tokens.append(token)  # a draft token the model chose: this pass wrote its keys/values
         return True
 
+    def _masks(self, jobs: list[Job]) -> Future | None:
+        """Start computing the masks of the constrained ``jobs`` (on the mask thread); None when there are none."""
+        matchers = [job.matcher for job in jobs if job.matcher is not None]
+        if not matchers:
+            return None
+        return self._masker.submit(fill_masks, matchers[0].grammars, matchers)
+
+    @staticmethod
+    def _note_masks(jobs: list[Job], masks: Future | None) -> None:
+        """Hand each constrained job its mask for the position just computed."""
+        if masks is None:
+            return
+        allowed = iter(masks.result())
+        for job in jobs:
+            if job.matcher is not None:
+                job.allowed = next(allowed)
+
     def _take(self, index: int, logits: np.ndarray) -> None:
-        """Row ``index``'s next token from ``logits``; releases the row when its reply has ended."""
+        """Row ``index``'s next token from ``logits`` (under its mask when constrained); releases the row when its
+        reply has ended."""
         job = self.rows[index].job
-        self._push(index, job.sampler.choose(logits), logits)
+        scores = logits if job.matcher is None else masked(logits, job.allowed)
+        self._push(index, job.sampler.choose(scores), logits)
 
     def _push(self, index: int, token: int, logits: np.ndarray) -> bool:
-        """Give ``token`` to row ``index``'s reply; True while the reply goes on."""
+        """Give ``token`` to row ``index``'s reply (and to its matcher); True while the reply goes on."""
         job = self.rows[index].job
         job.next_token = token
+        if job.matcher is not None:
+            try:
+                job.matcher.consume(token)
+            except GuidanceError as exc:  # cannot happen under its mask; if it does, only this reply fails
+                self._fail(job, exc)
+                return False
         piece = job.decoder.push(token, logits if job.decoder.track is not None else None)
         if piece:
             job.put(piece)
+        if job.matcher is not None and job.matcher.finished and not job.decoder.done:
+            piece = job.decoder.finish("stop")  # only EOS is left: the step that would draw it is not needed
+            if piece:
+                job.put(piece)
         if job.decoder.done or len(self.rows[index].tokens) >= self.kv.row_tokens:
             tail = job.decoder.finish("length")
             if tail:
