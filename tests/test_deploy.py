@@ -74,7 +74,7 @@ def test_kubernetes_configs_name_existing_templates():
 
 def test_dockerfile_installs_the_project_pins():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "FROM python:3.11" in dockerfile
+    assert "FROM python:3.11" in dockerfile or "ARG BASE_IMAGE=python:3.11" in dockerfile
     assert yaml.safe_load((ROOT / "python_env.yaml").read_text())["python"] == "3.11"
     assert "COPY requirements.txt constraints.txt" in dockerfile
     assert "-c constraints.txt -r requirements.txt" in dockerfile

@@ -14,7 +14,6 @@ import types
 import jsonschema
 import pytest
 
-from chatpack.engine import grammar
 from chatpack.flavours.onnx_chat.pyfunc_model import OnnxChatModel
 from chatpack.protocol.chat_request import parse_request
 from chatpack.protocol.errors import RequestError
@@ -132,9 +131,9 @@ def test_a_constraint_slower_to_compile_than_the_limit_is_refused(model, monkeyp
 def test_constrained_rows_decode_in_the_batch_with_free_ones_and_get_their_solo_replies(model):
     engine = model.engine
     bodies = [{"messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 6} for i in range(3)]
+    samplings = ({}, {"temperature": 1.0, "seed": 5}, {}, {"temperature": 0.8, "seed": 2})
     bodies += [{"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
-                "max_tokens": 40, **sampling} for schema, sampling in zip(BOUNDED, ({}, {"temperature": 1.0, "seed": 5},
-                                                                                    {}, {"temperature": 0.8, "seed": 2}))]
+                "max_tokens": 40, **sampling} for schema, sampling in zip(BOUNDED, samplings)]
     alone = [reply(model, **body) for body in bodies]
     results: dict[int, dict] = {}
     with engine.model_lock:  # all of them wait, then decode together

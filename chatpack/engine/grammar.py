@@ -37,6 +37,7 @@ from chatpack.protocol.reply_format import Guidance
 
 DEFAULT_COMPILE_SECONDS = 5.0  # a constraint that takes longer to compile is refused (serve --compile_timeout_s)
 DEFAULT_CACHE_SIZE = 256  # compiled constraints kept (least recently used dropped first)
+FAST_FORWARD_MIN = 2  # forced tokens worth a pass of their own
 COMPILE_WORKERS = 2  # compiles at once (each releases the GIL; a long one never holds the batch)
 _WARM_UP = Guidance("json_schema", '{"type": "object"}')
 
@@ -154,11 +155,11 @@ class RowMatcher:
             raise GuidanceError(f"token {token} broke the constraint: {self.matcher.get_error()}")
         self.taken += 1
 
-    def forced(self) -> list[int]:
-        """The tokens the grammar allows as the only continuation from here (not consumed yet; may be [])."""
-        if self.matcher.is_stopped():
-            return []
-        return [t for t in self.matcher.compute_ff_tokens()]
+    def forced(self, limit: int) -> list[int]:
+        """The tokens (at most ``limit``) the grammar allows as the only continuation from here, not consumed yet;
+        [] when fewer than :data:`FAST_FORWARD_MIN` (a pass of their own costs about a decode step)."""
+        forced = [] if self.matcher.is_stopped() else list(self.matcher.compute_ff_tokens())[:limit]
+        return forced if len(forced) >= FAST_FORWARD_MIN else []
 
     def allowed(self) -> np.ndarray:
         """This row's mask alone (bool [vocab])."""
@@ -174,6 +175,33 @@ def fill_masks(grammars: Grammars, matchers: list[RowMatcher]) -> np.ndarray:
     bitmask = np.full((len(matchers), (grammars.vocab_size + 31) // 32), -1, np.int32)
     fill_next_token_bitmask_par(grammars.executor, [(m.matcher, i) for i, m in enumerate(matchers)], bitmask)
     return np.stack([unpack(row, grammars.vocab_size) for row in bitmask]) if matchers else bitmask.astype(bool)
+
+
+class Masker:
+    """The batch loop's mask thread: :meth:`start` the masks of a step's jobs before the step, ``deliver`` them
+    (each constrained job's ``allowed``) after it."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-masks")
+
+    def start(self, jobs: list[Any]) -> _Masks:
+        """Begin the masks of the constrained ones among ``jobs`` (:class:`~chatpack.engine.batch_job.Job`)."""
+        jobs = [job for job in jobs if job.matcher is not None]
+        matchers = [job.matcher for job in jobs]
+        return _Masks(self._pool.submit(fill_masks, matchers[0].grammars, matchers) if jobs else None, jobs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+class _Masks:
+    def __init__(self, future: Future | None, jobs: list[Any]):
+        self._future, self._jobs = future, jobs
+
+    def deliver(self) -> None:
+        """Wait for the masks; set each job's ``allowed``."""
+        for job, allowed in zip(self._jobs, self._future.result() if self._future is not None else ()):
+            job.allowed = allowed
 
 
 def unpack(bits: np.ndarray, vocab_size: int) -> np.ndarray:
