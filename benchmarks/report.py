@@ -216,7 +216,7 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 def build(results: Path) -> dict[str, str]:
     blocks = {}
-    for name, builder in (("decode", decode_tables), ("serve", serve_tables)):
+    for name, builder in (("decode", decode_tables), ("serve", serve_tables), ("grammar-libs", grammar_table)):
         path = results / f"{name}.json"
         if path.is_file():
             try:
