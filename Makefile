@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # `mlflow run --env-manager local` runs each step with the `python` found on PATH: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-docker test-spark-cluster test-heavy clean
+.PHONY: setup demo test test-docker test-spark-cluster test-full-size test-heavy clean
 
 setup: $(VENV)/.installed
 
@@ -34,7 +34,10 @@ test-docker: setup
 test-spark-cluster: setup
 	$(BIN)/python -m pytest -m spark_cluster tests/test_spark_cluster.py
 
-test-heavy: test-docker test-spark-cluster
+test-full-size: setup
+	$(BIN)/python -m pytest -m full_size -s tests/test_fixture_full_size.py
+
+test-heavy: test-docker test-spark-cluster test-full-size
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db .pytest_cache

@@ -15,11 +15,22 @@ Inputs (MLproject params, same names as the flags):
   damage              true | false: make the damage report (teacher-forced PPL, KL divergence, top-1 agreement of
                       the ONNX build against the transformers model on data/damage_corpus.jsonl)
   damage_tokens       corpus tokens the report scores (genres interleaved); 0 = the whole corpus
+  onnx_source         empty (default): build the ONNX form with the builder. ``<hub id or local folder>[:<subfolder>]``:
+                      use that published onnxruntime-genai build as the ONNX form, no builder run (e.g.
+                      ``microsoft/Phi-3-mini-4k-instruct-onnx:cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4``); the
+                      value is split at its last ``:`` only when the left part is a hub id or an existing folder.
+                      Checked before use (genai_config.json, the model files it names and their external data,
+                      tokenizer files); the transformers flavour (and the chat template, where the build has none)
+                      still comes from ``model``. precision/recipe/block_size/accuracy_level must stay at their defaults
+  onnx_revision       hub onnx_source only: branch, tag or commit; the commit it resolves to is always logged
 
 Outputs, on the MLflow run (tag ``chatpack.step=fetch_model``):
-  artifacts  ``hf_model/`` (transformers folder), ``onnx_model/`` (genai folder + ``builder.log``), ``fetch_info.json``
+  artifacts  ``hf_model/`` (transformers folder), ``onnx_model/`` (genai folder + ``builder.log``; with onnx_source
+             + ``onnx_source.json``), ``fetch_info.json``
   tags       ``chatpack.source_kind``, ``chatpack.revision.resolved``, ``chatpack.recipe``,
-             ``chatpack.sha256.<weight file>``, ``chatpack.builder_version``, ``chatpack.version.<library>``
+             ``chatpack.sha256.<weight file>``, ``chatpack.onnx_form`` (``builder``/``onnx_source``),
+             ``chatpack.builder_version`` (built) or ``chatpack.onnx_source``, ``chatpack.onnx_revision.resolved``,
+             ``chatpack.onnx_sha256.<model file>`` (onnx_source), ``chatpack.version.<library>``
   metrics    ``hf_model_bytes``, ``onnx_model_bytes``, ``seconds_*`` per phase, ``onnx_cache_hit``, ``damage_*``
              (``damage_ppl_reference``, ``damage_ppl_onnx``, ``damage_kld_mean``, ``damage_kld_p99``,
              ``damage_top1_agreement``, ...) with the artifact ``damage_report.json``; ``log_onnx_pyfunc`` copies them
@@ -65,19 +76,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Make the damage report of the ONNX build against the transformers model (true/false).")
     p.add_argument("--damage_tokens", type=int, default=DamageSettings().tokens,
                    help="Corpus tokens the damage report scores (genres interleaved); 0 = the whole corpus.")
+    p.add_argument("--onnx_source", default=d.onnx_source,
+                   help="Empty: build the ONNX form with the builder. '<hub id or local folder>[:<subfolder>]': use "
+                        "that published onnxruntime-genai build as the ONNX form (no builder run).")
+    p.add_argument("--onnx_revision", default=d.onnx_revision,
+                   help="Hub onnx_source only: branch, tag or 40-hex commit to pin.")
     common.add_verbose(p)
     return p.parse_args(argv)
 
 
 def _run(args: argparse.Namespace) -> None:
     options = FetchOptions(args.model, args.revision, args.precision, args.execution_provider,
-                           args.trust_remote_code, args.block_size, args.accuracy_level, args.recipe)
+                           args.trust_remote_code, args.block_size, args.accuracy_level, args.recipe,
+                           args.onnx_source, args.onnx_revision)
     options.check()  # fail on bad flags before a run is created
     damage = DamageSettings(tokens=args.damage_tokens)
     damage.check()
     params = {k: getattr(args, k) for k in ("model", "revision", "precision", "execution_provider",
                                             "trust_remote_code", "block_size", "accuracy_level", "recipe",
-                                            "damage", "damage_tokens")}
+                                            "damage", "damage_tokens", "onnx_source", "onnx_revision")}
     params["trust_remote_code"] = str(args.trust_remote_code).lower()
     params["damage"] = str(args.damage).lower()
     with step_run(STEP, params) as run:

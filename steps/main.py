@@ -4,7 +4,10 @@ Inputs (MLproject params, same names as the flags): ``model``, ``revision``, ``p
 ``block_size``, ``accuracy_level`` (as in ``fetch_model``), ``registered_model_name`` (``auto`` = derived from the
 model, e.g. ``Phi-3-mini-4k-instruct-chat``; empty = no registry), ``eval_data``, ``max_new_tokens``,
 ``quality_tolerance`` (as in ``evaluate``), ``recipes`` (comma-separated fetch_model recipes: a sweep, one ONNX model
-per recipe), ``damage``/``damage_tokens`` (as in ``fetch_model``) and ``force`` (true = rerun every step).
+per recipe), ``damage``/``damage_tokens`` (as in ``fetch_model``), ``onnx_source``/``onnx_revision`` (as in
+``fetch_model``: a published onnxruntime-genai build as the ONNX form, forwarded to fetch_model only when set; then
+``recipes`` must be one recipe or its default, which does not apply, and precision/block_size/accuracy_level stay at
+their defaults) and ``force`` (true = rerun every step).
 
 Each step runs through ``mlflow.run(..., env_manager="local")`` as a child run of this one, passing only run ids. A
 step is skipped, and its earlier run reused, when a FINISHED run exists with the same entry point, the same
@@ -52,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Damage report of each ONNX build against the transformers model (true/false).")
     p.add_argument("--damage_tokens", type=int, default=d.damage_tokens,
                    help="Corpus tokens the damage report scores; 0 = the whole corpus.")
+    p.add_argument("--onnx_source", default=d.onnx_source,
+                   help="Empty: build the ONNX form with the builder. '<hub id or local folder>[:<subfolder>]': use "
+                        "that published onnxruntime-genai build as the ONNX form (as in fetch_model).")
+    p.add_argument("--onnx_revision", default=d.onnx_revision,
+                   help="Hub onnx_source only: branch, tag or 40-hex commit to pin.")
     common.add_verbose(p)
     return p.parse_args(argv)
 
@@ -60,7 +68,8 @@ def _run(args: argparse.Namespace) -> None:
     options = PipelineOptions(args.model, args.revision, args.precision, args.execution_provider, args.block_size,
                               args.accuracy_level, args.registered_model_name, args.eval_data,
                               args.max_new_tokens, args.quality_tolerance, args.force, args.damage,
-                              args.damage_tokens, args.recipes)
+                              args.damage_tokens, args.recipes, args.onnx_source, args.onnx_revision)
+    options.check()  # fail on contradicting flags before a run is created
     params = {k: v for k, v in vars(args).items() if k != "verbose"}
     params["force"] = str(args.force).lower()
     params["damage"] = str(args.damage).lower()

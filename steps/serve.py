@@ -17,6 +17,14 @@ Inputs (MLproject params, same names as the flags):
   experiment  MLflow experiment that receives a trace per chat request (default ``chatpack-serve``)
   tracing     true (default) / false: record those traces at all
   trace_text  true (default) / false: record prompt and reply text in them (false: roles, options and counts only)
+  api_key_file a file of API keys, one a line (blank lines and ``#`` comments ignored); empty (default) = none
+  metrics_auth true / false (default): require a key on ``GET /metrics`` too (``/health`` is always open)
+
+API keys (flag only, not an MLproject param, which would be logged with the run): ``--api_key KEY``, or better the
+environment variable ``CHATPACK_API_KEY`` (a flag shows in the process list). Keys from the variable, the flag and
+the file are all accepted. With at least one key every ``/v1/*`` route needs ``Authorization: Bearer <key>`` (or
+``x-api-key: <key>``) and answers 401 without it; with none the endpoint is open (a warning is logged when ``host``
+is not a loopback address).
 
 Outputs: a trace per chat request in ``experiment`` of the tracking store (``MLFLOW_TRACKING_URI``), linked to the
 served LoggedModel; Prometheus metrics at ``GET /metrics``. Serves until interrupted. See
@@ -26,10 +34,14 @@ chatpack/serving/openai_server.py for the routes.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 from chatpack.serving.cpus import physical_cores
-from chatpack.serving.openai_server import serve
+from chatpack.serving.openai_server import API_KEY_ENV, serve
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE
 from chatpack.serving.tracing import DEFAULT_EXPERIMENT, TraceSettings
 from steps import common
@@ -57,8 +69,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tracing", type=common.str2bool, default=True, help="Trace each chat request in MLflow.")
     p.add_argument("--trace_text", type=common.str2bool, default=True,
                    help="Record prompt and reply text in traces (false: roles, options and token counts only).")
+    p.add_argument("--api_key", "--api-key", default="",
+                   help=f"An API key clients must send on /v1/* ('Authorization: Bearer KEY' or 'x-api-key: KEY'); "
+                        f"prefer the {API_KEY_ENV} environment variable (a flag shows in the process list). "
+                        f"Empty = none.")
+    p.add_argument("--api_key_file", default="",
+                   help="A file of API keys, one a line (blank lines and # comments ignored), accepted together with "
+                        f"--api_key and {API_KEY_ENV}. Empty = none.")
+    p.add_argument("--metrics_auth", type=common.str2bool, default=False,
+                   help="Require an API key on GET /metrics too (default false: open for scrapers; /health is "
+                        "always open).")
     common.add_verbose(p)
     return p.parse_args(argv)
+
+
+_KEY = re.compile(r"[\x21-\x7e]+")  # what a key may be: visible ASCII, no spaces (it travels in an HTTP header)
+
+
+def _checked_key(key: str, where: str) -> str:
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"{where}: an API key must be printable ASCII without spaces")  # never echo the key
+    return key
+
+
+def read_key_file(path: str) -> list[str]:
+    """The keys in ``path``: one a line, blank lines and ``#`` comments ignored; ValueError naming ``api_key_file``."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise ValueError(f"api_key_file: {path} does not exist")
+    if not file.is_file():
+        raise ValueError(f"api_key_file: {path} is not a file")
+    try:
+        lines = file.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as exc:
+        raise ValueError(f"api_key_file: cannot read {path} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"api_key_file: {path} is not UTF-8 text") from None
+    keys = [_checked_key(line.strip(), f"api_key_file: {path} line {number}")
+            for number, line in enumerate(lines, 1) if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise ValueError(f"api_key_file: {path} holds no keys (one a line; blank lines and # comments are ignored)")
+    return keys
+
+
+def api_keys(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Every configured key, in order, without repeats: ``CHATPACK_API_KEY``, ``--api_key``, ``--api_key_file``."""
+    keys = []
+    if API_KEY_ENV in environ and not environ[API_KEY_ENV].strip():
+        # set but empty (a secret that expanded to nothing): refuse rather than serve with no authentication
+        raise ValueError(f"{API_KEY_ENV}: set but empty; give it a key, or unset it to serve without authentication")
+    for where, value in ((API_KEY_ENV, environ.get(API_KEY_ENV, "")), ("api_key", args.api_key)):
+        if value.strip():
+            keys.append(_checked_key(value.strip(), where))
+    if args.api_key_file.strip():
+        keys += read_key_file(args.api_key_file.strip())
+    return list(dict.fromkeys(keys))
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -71,11 +136,15 @@ def _run(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}: must be >= {least}, got {getattr(args, flag)}")
     if not args.experiment.strip():
         raise ValueError("experiment: must not be empty (pass --tracing false to record no traces)")
+    keys = api_keys(args)
+    if args.metrics_auth and not keys:
+        raise ValueError(f"metrics_auth: true needs an API key: set {API_KEY_ENV}, --api_key or --api_key_file")
     tracing = TraceSettings(args.tracing, args.experiment, args.trace_text)
     engine = {"parallel": args.parallel or None, "kv_cache_mb": args.kv_cache_mb or None,
               "speculate": None if args.speculate < 0 else args.speculate,
               "compile_timeout_s": args.compile_timeout_s or None}
-    serve(args.model_uri, args.host, args.port, args.queue_size, args.threads or physical_cores(), tracing, engine)
+    serve(args.model_uri, args.host, args.port, args.queue_size, args.threads or physical_cores(), tracing, engine,
+          api_keys=keys, metrics_auth=args.metrics_auth)
 
 
 def main(argv: list[str] | None = None) -> int:

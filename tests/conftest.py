@@ -119,3 +119,22 @@ def tracking_server(folder: Path, workers: int = 1):
     finally:
         stop_process(proc, group=True)
         log.close()
+
+
+def greedy_reply(onnx_dir: Path, user: str, max_new: int) -> tuple[str, int]:
+    """Greedy reply of an onnxruntime-genai folder to one user turn, through its own chat template: (text, new
+    tokens)."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(onnx_dir))
+    tok = og.Tokenizer(model)
+    ids = tok.encode(tok.apply_chat_template(json.dumps([{"role": "user", "content": user}]),
+                                             add_generation_prompt=True))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids)
+    while not gen.is_done():
+        gen.generate_next_token()
+    new = gen.get_sequence(0)[len(ids):]
+    return tok.decode(new), len(new)

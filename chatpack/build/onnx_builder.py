@@ -7,7 +7,10 @@ it ends, and a crash inside it cannot leave this process in a bad state. Its out
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +24,76 @@ EXECUTION_PROVIDERS = ("cpu", "cuda")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 BUILDER_LOG = "builder.log"
+# The builder's peak resident memory grows with the model: measured here (/usr/bin/time -v, int4, CPU) 8.5 GB for a
+# 1.1B-parameter model and 20.8 GB for the 3.8B Phi-3-mini stand-in (fixture:random-phi3-mini-4k), i.e. about
+# 3.5 GB + 4.5 bytes per parameter. Other precisions are assumed to need the same (not measured).
+PEAK_FIXED_BYTES = 3.5e9
+PEAK_BYTES_PER_PARAMETER = 4.5
+SKIP_MEMORY_CHECK_ENV = "CHATPACK_SKIP_MEMORY_CHECK"  # "1": build even when the estimate says it will not fit
 
 
 class BuildError(RuntimeError):
     """The model builder failed; the message carries the tail of its log."""
+
+
+class NotEnoughMemory(ValueError):
+    """The builder would need more memory than this machine has available (refused before it starts)."""
+
+
+def model_parameters(hf_dir: Path) -> int | None:
+    """The parameter count of a transformers folder, read from its safetensors headers (no weights loaded); None
+    when it has no safetensors files."""
+    total, files = 0, sorted(Path(hf_dir).glob("*.safetensors"))
+    for file in files:
+        with open(file, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return total if files else None
+
+
+def available_memory() -> int:
+    """Bytes this process may still take: the kernel's MemAvailable, capped by the cgroup's limit (containers)."""
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), int(Path(usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            available = min(available, int(limit) - usage)
+    return available
+
+
+def builder_peak_bytes(parameters: int) -> int:
+    """The builder's expected peak resident memory for a model of ``parameters`` (see PEAK_BYTES_PER_PARAMETER)."""
+    return int(PEAK_FIXED_BYTES + PEAK_BYTES_PER_PARAMETER * parameters)
+
+
+def check_builder_memory(hf_dir: Path, precision: str) -> None:
+    """Refuse, before it starts, a build that would not fit in the memory available: the builder would otherwise be
+    killed by the kernel minutes in, with no useful message. ``CHATPACK_SKIP_MEMORY_CHECK=1`` skips the check."""
+    parameters = model_parameters(hf_dir)
+    if parameters is None or os.environ.get(SKIP_MEMORY_CHECK_ENV) == "1":
+        return
+    need, have = builder_peak_bytes(parameters), available_memory()
+    if need > have:
+        raise NotEnoughMemory(
+            f"onnx_source: not set, so the {precision} ONNX form is built here, and for this "
+            f"{parameters / 1e9:.1f}B-parameter model the onnxruntime-genai builder needs about {need / 2**30:.1f} GiB "
+            f"of memory (it peaked at 20.8 GB for Phi-3-mini's 3.8B here); {have / 2**30:.1f} GiB is available. Use a "
+            "published build (-P onnx_source=<hub id or folder>[:<subfolder>], e.g. microsoft/Phi-3-mini-4k-instruct-"
+            "onnx:cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4), free memory or use a larger machine, or set "
+            f"{SKIP_MEMORY_CHECK_ENV}=1 to try anyway")
+    logger.info("ONNX build of %.2fB parameters: ~%.1f GiB expected at peak, %.1f GiB available", parameters / 1e9,
+                need / 2**30, have / 2**30)
 
 
 def builder_version() -> str:

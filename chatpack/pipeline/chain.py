@@ -2,7 +2,9 @@
 
 Steps pass each other only run ids (and, through their tags, model URIs), so each could run on another machine. With
 several recipes (a sweep) each gets its own fetch_model and log_onnx_pyfunc runs, reused per recipe, and one evaluate
-run compares them all with the transformers model.
+run compares them all with the transformers model. With ``onnx_source`` (a published onnxruntime-genai build) there is
+one ONNX model and no builder run: builder options and sweeps are refused, except ``recipes`` at its default (the
+builder sweep), which does not apply and is said so in the log.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from typing import Any
 
 import mlflow
 
-from chatpack.build.recipes import Recipe, parse_recipes
+from chatpack.build.recipes import Recipe, parse_recipe, parse_recipes
 from chatpack.evaluation.data import DEFAULT_EVAL_DATA
 from chatpack.evaluation.evaluate import EVAL_DATA_TAG
 from chatpack.pipeline.reuse import find_reusable_run
 from chatpack.project import PROJECT_ROOT, code_version
+from chatpack.sources.onnx_source import check_onnx_source_flags
 from chatpack.sources.resolve import sha256_file
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+DEFAULT_RECIPES = "int8:block_size=128"  # the default sweep: see README (main)
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,30 @@ class PipelineOptions:
     force: bool = False
     damage: bool = True
     damage_tokens: int = 4096
-    recipes: str = "int8:block_size=128"  # the default sweep: see README (main)
+    recipes: str = DEFAULT_RECIPES
+    onnx_source: str = ""  # a published onnxruntime-genai build as the ONNX form (fetch_model's onnx_source)
+    onnx_revision: str = "main"
+
+    def check(self) -> None:
+        """Cross-flag checks made before any run: builder options and sweeps with ``onnx_source``."""
+        specs = [s.strip() for s in self.recipes.split(",") if s.strip()]
+        if self.onnx_source.strip() and len(specs) > 1:
+            raise ValueError(f"recipes/onnx_source: recipes={self.recipes} is a sweep of builder recipes (one ONNX "
+                             "build each); with onnx_source the ONNX form is the one published build: give at most "
+                             "one recipe (default), or leave onnx_source empty")
+        recipe = "" if self.recipes.strip() == DEFAULT_RECIPES else self.recipes  # the default sweep: not applied
+        check_onnx_source_flags(self.onnx_source, self.onnx_revision, self.precision, recipe, self.block_size,
+                                self.accuracy_level, recipe_flag="recipes")
+
+    def pipeline_recipes(self) -> list[Recipe]:
+        """The recipes to fetch: the sweep, or with ``onnx_source`` the one (default) recipe."""
+        self.check()
+        if self.onnx_source.strip():
+            if self.recipes.strip() == DEFAULT_RECIPES:
+                logger.info("onnx_source is set: recipes=%s (the default builder sweep) does not apply; the ONNX "
+                            "form is the published build as it is", DEFAULT_RECIPES)
+            return [parse_recipe("default", self.precision)]
+        return parse_recipes(self.recipes, self.precision, self.block_size, self.accuracy_level)
 
 
 def registry_name(model: str, requested: str) -> str:
@@ -56,9 +83,12 @@ def registry_name(model: str, requested: str) -> str:
 def fetch_params(options: PipelineOptions, recipe: Recipe) -> dict[str, Any]:
     """fetch_model's parameters for one recipe; the recipe's label carries block size and accuracy level, so each
     recipe has one parameter set (and one reusable run)."""
-    return {"model": options.model, "revision": options.revision, "precision": recipe.precision,
-            "execution_provider": options.execution_provider, "recipe": recipe.label,
-            "damage": str(options.damage).lower(), "damage_tokens": options.damage_tokens}
+    params = {"model": options.model, "revision": options.revision, "precision": recipe.precision,
+              "execution_provider": options.execution_provider, "recipe": recipe.label,
+              "damage": str(options.damage).lower(), "damage_tokens": options.damage_tokens}
+    if options.onnx_source.strip():  # forwarded only when set; reuse compares them (defaults filled in) either way
+        params.update(onnx_source=options.onnx_source.strip(), onnx_revision=options.onnx_revision)
+    return params
 
 
 @dataclass
@@ -100,7 +130,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, str]:
     eval_path = Path(options.eval_data) if options.eval_data else DEFAULT_EVAL_DATA
     if not eval_path.is_file():
         raise ValueError(f"eval_data: {eval_path} does not exist")
-    recipes = parse_recipes(options.recipes, options.precision, options.block_size, options.accuracy_level)
+    recipes = options.pipeline_recipes()
     # The code version the steps about to run will record, compared with finished runs' tags.
     chain = _Chain(options, parent.info.experiment_id, code_version())
     fetches = {r.label: chain.step("fetch_model", fetch_params(options, r), r.label) for r in recipes}

@@ -4,8 +4,10 @@ For each HTTP request it opens a :class:`~chatpack.serving.request_context.Reque
 the request is answered, also in the threads that generate its reply), notes the response status and, for errors, the
 message sent; once the last byte has gone out it counts the request in :class:`~chatpack.serving.metrics.
 ServerMetrics` and hands every request that runs the model (``POST`` to one of :data:`TRACED_ROUTES`: chat
-completions, text completions, responses) to the :class:`~chatpack.serving.trace_export.TraceExporter`. Nothing here
-waits for the tracking store: traces are built and exported by another process.
+completions, text completions, responses) to the :class:`~chatpack.serving.trace_export.TraceExporter`, except a 401
+(a caller without a valid API key writes nothing to the tracking store; it is still counted in the metrics). Request
+headers (``Authorization``, ``x-api-key``) are never recorded: only the body reaches a trace. Nothing here waits for
+the tracking store: traces are built and exported by another process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from chatpack.serving.trace_export import TraceExporter
 CHAT_ROUTE = "/v1/chat/completions"
 TRACED_ROUTES = (CHAT_ROUTE, "/v1/completions", "/v1/responses")  # every route that runs the model
 MAX_BODY = 1 << 20  # bytes of a request body kept for its trace (a larger body is recorded cut short)
+UNTRACED_STATUSES = (401,)  # refused for want of a valid API key: counted, not traced
 
 
 class RequestObserver:
@@ -63,7 +66,7 @@ class RequestObserver:
             context.body = bytes(body)
             context.error = _error_message(bytes(error)) if context.status != 200 else None
             self.metrics.observe(context)
-            if traced and not self.tracer.submit(context):
+            if traced and context.status not in UNTRACED_STATUSES and not self.tracer.submit(context):
                 self.metrics.traces_dropped.inc()
 
 

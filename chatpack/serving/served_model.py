@@ -19,6 +19,7 @@ import ctypes
 import importlib
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -52,6 +53,12 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return ctypes.CDLL("libc.so.6").mallopt(-8, arenas) == 1  # M_ARENA_MAX
     except OSError:  # not glibc
         return False
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it masked (load errors are shown by the open ``/health``;
+    a tracking URI may carry credentials)."""
+    return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@", r"\1***@", text)
 
 
 def served_name(model_uri: str) -> str:
@@ -171,7 +178,7 @@ class ServedModel:
                         self.flavour, self.load_seconds, self.streamable,
                         isinstance(self.serial, contextlib.nullcontext), self.describe())
         except Exception as exc:  # reported by /health and 503s, not a crash
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.load_error = without_credentials(f"{type(exc).__name__}: {exc}")[:500]
             logger.exception("Loading %s failed", self.model_uri)
 
     def predict(self, payload: dict[str, Any]) -> list[Any]:

@@ -3,7 +3,7 @@
 Traces go to the tracking store (``MLFLOW_TRACKING_URI``), experiment ``--experiment`` (default ``chatpack-serve``),
 with the trace metadata ``mlflow.modelId`` set to the served model's id, so ``mlflow.search_traces(model_id=...)``
 finds them. One trace per ``POST /v1/chat/completions``, ``/v1/completions`` or ``/v1/responses`` (also the refused
-ones: 400, 429, 503):
+ones: 400, 429, 503; not a 401 for a missing or wrong API key, and never a request header):
 
 - the root span ``chat.completions`` (``completions``, ``responses``; ``CHAT_MODEL``): inputs are the model input
   (messages and the options the caller set; the request body for a request refused before it), outputs the reply

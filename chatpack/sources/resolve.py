@@ -7,6 +7,7 @@ the revision it resolved to. Every error is one line that names the parameter or
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatpack.sources import bundled, fixture
-from chatpack.sources.cache import atomic_dir, cache_key, cache_root, is_complete
+from chatpack.sources.cache import atomic_dir, cache_key, cache_root, is_complete, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,9 @@ def parse_source(model: str, revision: str = "main") -> ModelSource:
         return ModelSource("bundled", name, "")
     if model.startswith(FIXTURE_PREFIX):
         name = model[len(FIXTURE_PREFIX):]
-        if name != fixture.FIXTURE_NAME:
-            raise SourceError(f"model: unknown test fixture '{model}'; known: {FIXTURE_PREFIX}{fixture.FIXTURE_NAME}")
+        if name not in fixture.FIXTURES:
+            raise SourceError(f"model: unknown test fixture '{model}'; known: "
+                              + ", ".join(FIXTURE_PREFIX + k for k in fixture.FIXTURES))
         return ModelSource("fixture", name, "")
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")):
@@ -101,8 +103,6 @@ def validate_hf_folder(folder: Path) -> None:
 
 
 def has_chat_template(folder: Path) -> bool:
-    import json
-
     if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
         return True
     config = json.loads((folder / "tokenizer_config.json").read_text())
@@ -119,6 +119,24 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a (weight) file, remembered by (path, size, mtime) so multi-GB files are hashed once."""
+    st = path.stat()
+    memo = cache_root() / "sha256" / (cache_key({"p": str(path.resolve()), "s": st.st_size, "m": st.st_mtime_ns})
+                                       + ".json")
+    if memo.is_file():
+        return json.loads(memo.read_text())["sha256"]
+    digest = sha256_file(path)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(memo, {"path": str(path), "sha256": digest})
+    return digest
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` has the form of a hub repository id (``owner/name``)."""
+    return bool(_HUB_ID.match(text))
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -142,8 +160,9 @@ def materialize(source: ModelSource) -> Materialized:
         resolved = f"{bundled.BUNDLED_MODELS[source.name][0]}=={version}"
         hf_dir = _built_folder(("bundled", source.name, resolved), lambda out: bundled.convert_gguf(gguf, out))
     elif source.kind == "fixture":
-        resolved = f"fixture-v{fixture.FIXTURE_VERSION}-seed{fixture.SEED}"
-        hf_dir = _built_folder(("fixture", source.name, resolved), fixture.build_tiny_phi3)
+        version, build = fixture.FIXTURES[source.name]
+        resolved = f"fixture-v{version}-seed{fixture.SEED}"
+        hf_dir = _built_folder(("fixture", source.name, resolved), build)
     else:  # pragma: no cover - parse_source makes only the kinds above
         raise SourceError(f"model: unsupported source kind {source.kind}")
     validate_hf_folder(hf_dir)
@@ -163,6 +182,20 @@ def _built_folder(key: tuple[str, ...], build) -> Path:
 
 
 def _download_from_hub(repo_id: str, revision: str) -> tuple[Path, str]:
+    offline_hint = (
+        f"model: cannot download '{repo_id}' at revision '{revision}' from the Hugging Face hub (offline or "
+        "unreachable, and not in the local hub cache); pass a local folder with -P model=/path/to/model or use the "
+        "bundled model with -P model=bundled:smollm2-135m-instruct"
+    )
+    return download_from_hub(repo_id, revision, HUB_ALLOW_PATTERNS, offline_hint)
+
+
+def download_from_hub(repo_id: str, revision: str, allow_patterns: list[str], offline_hint: str,
+                      param: str = "model", revision_param: str = "revision",
+                      ignore_patterns: list[str] | None = None) -> tuple[Path, str]:
+    """``snapshot_download`` of the files matching ``allow_patterns`` at ``revision``; return the snapshot folder and
+    the commit it resolved to. Offline (and not in the local hub cache) it fails at once with ``offline_hint``; other
+    errors name ``param`` (the repository) or ``revision_param``."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -171,19 +204,16 @@ def _download_from_hub(repo_id: str, revision: str) -> tuple[Path, str]:
         RevisionNotFoundError,
     )
 
-    offline_hint = (
-        f"model: cannot download '{repo_id}' at revision '{revision}' from the Hugging Face hub (offline or "
-        "unreachable, and not in the local hub cache); pass a local folder with -P model=/path/to/model or use the "
-        "bundled model with -P model=bundled:smollm2-135m-instruct"
-    )
-    kwargs = {"revision": revision, "allow_patterns": HUB_ALLOW_PATTERNS, "etag_timeout": 10}
+    kwargs = {"revision": revision, "allow_patterns": allow_patterns, "etag_timeout": 10}
+    if ignore_patterns:
+        kwargs["ignore_patterns"] = ignore_patterns
     try:
         path = snapshot_download(repo_id, **kwargs)
     except (RepositoryNotFoundError, GatedRepoError) as exc:
-        raise SourceError(f"model: hub repository '{repo_id}' not found or not accessible "
+        raise SourceError(f"{param}: hub repository '{repo_id}' not found or not accessible "
                           f"(set HF_TOKEN for gated models): {type(exc).__name__}") from None
     except RevisionNotFoundError:
-        raise SourceError(f"revision: '{revision}' does not exist in hub repository '{repo_id}'") from None
+        raise SourceError(f"{revision_param}: '{revision}' does not exist in hub repository '{repo_id}'") from None
     except (LocalEntryNotFoundError, OSError) as exc:
         logger.debug("hub download failed: %r", exc)
         raise SourceError(offline_hint) from None
