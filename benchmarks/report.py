@@ -165,6 +165,26 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
     return "\n".join([machine_line(payload, source, others), "", note, "", *head, *rows, "", *turns])
 
 
+def grammar_table(payload: dict[str, Any], source: str = "benchmarks/results/grammar-libs.json") -> str:
+    """LLGuidance against xgrammar: per constraint, compile ms and per-token mask microseconds (median, min-max)."""
+    libs = payload["machine"].get("libraries", {})
+    head = [f"Source: `{source}` ({payload['machine'].get('date', '?')[:10]}, commit "
+            f"{payload['machine'].get('git_commit') or '?'}); llguidance {libs.get('llguidance', '?')}, xgrammar "
+            f"{libs.get('xgrammar', 'not installed')}; one thread; {payload['config']['rounds']} interleaved rounds; "
+            "the same token path for both libraries.", "",
+            "| constraint | library | compile ms | mask us per token | tokens | refused |", "|---|---|---|---|---|---|"]
+
+    def cell(s: dict | None, digits: int) -> str:
+        return "n/a" if not s else f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+    def note(r: dict) -> str:
+        return (r["error"] or ("walk rejected" if r["rejected_walk"] else ""))[:70].replace("|", "/")
+
+    rows = [f"| {r['constraint']} | {r['library']} | {cell(r['compile_ms'], 2)} | {cell(r['mask_us'], 0)} | "
+            f"{r['tokens']}/{r['walk_tokens']} | {note(r)} |" for r in payload["rows"]]
+    return "\n".join(head + rows)
+
+
 def fmt_percent(rounds: list[dict[str, Any]]) -> str:
     """Share of the CPU other processes used during the row's measurements, as median (min-max) percent."""
     s = spread([r.get("other_cpu_share") for r in rounds])
@@ -196,7 +216,7 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 def build(results: Path) -> dict[str, str]:
     blocks = {}
-    for name, builder in (("decode", decode_tables), ("serve", serve_tables)):
+    for name, builder in (("decode", decode_tables), ("serve", serve_tables), ("grammar-libs", grammar_table)):
         path = results / f"{name}.json"
         if path.is_file():
             try:

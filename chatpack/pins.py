@@ -15,7 +15,8 @@ _PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*==\s*([^\s;#]+)")
 # What each logged flavour imports at load/predict time (distribution names).
 TRANSFORMERS_MODEL_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "accelerate", "safetensors", "numpy",
                                "pandas")
-ONNX_MODEL_PACKAGES = ("mlflow", "onnxruntime", "onnxruntime-genai", "onnx", "numpy", "pandas", "pydantic")
+ONNX_MODEL_PACKAGES = ("mlflow", "onnxruntime", "onnxruntime-genai", "llguidance", "onnx", "numpy", "pandas",
+                       "pydantic")
 
 
 def normalize(name: str) -> str:

@@ -12,6 +12,8 @@ Inputs (MLproject params, same names as the flags):
               bytes per token and per row
   speculate   ONNX: the longest prompt-lookup draft a lone greedy request verifies per pass; -1 = the model's
               logged value (0: off)
+  compile_timeout_s ONNX: the longest a request's constraint (response_format, tools) may take to compile before
+              it is refused with 400 naming the field; 0 = the model's logged value (5)
   experiment  MLflow experiment that receives a trace per chat request (default ``chatpack-serve``)
   tracing     true (default) / false: record those traces at all
   trace_text  true (default) / false: record prompt and reply text in them (false: roles, options and counts only)
@@ -60,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ONNX: memory budget of the KV rows in MB; 0 = the model's logged value.")
     p.add_argument("--speculate", type=int, default=-1,
                    help="ONNX: longest prompt-lookup draft for a lone greedy request (0: off); -1 = the model's value.")
+    p.add_argument("--compile_timeout_s", type=float, default=0.0,
+                   help="ONNX: seconds a constraint may take to compile (else 400); 0 = the model's logged value.")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                    help="MLflow experiment that receives one trace per chat request (created if missing).")
     p.add_argument("--tracing", type=common.str2bool, default=True, help="Trace each chat request in MLflow.")
@@ -127,7 +131,7 @@ def _run(args: argparse.Namespace) -> None:
         raise ValueError(f"port: must be 1-65535, got {args.port}")
     if args.threads < 0:
         raise ValueError(f"threads: must be >= 0 (0 = the physical cores), got {args.threads}")
-    for flag, least in (("parallel", 0), ("kv_cache_mb", 0), ("speculate", -1)):
+    for flag, least in (("parallel", 0), ("kv_cache_mb", 0), ("speculate", -1), ("compile_timeout_s", 0)):
         if getattr(args, flag) < least:
             raise ValueError(f"{flag}: must be >= {least}, got {getattr(args, flag)}")
     if not args.experiment.strip():
@@ -137,7 +141,8 @@ def _run(args: argparse.Namespace) -> None:
         raise ValueError(f"metrics_auth: true needs an API key: set {API_KEY_ENV}, --api_key or --api_key_file")
     tracing = TraceSettings(args.tracing, args.experiment, args.trace_text)
     engine = {"parallel": args.parallel or None, "kv_cache_mb": args.kv_cache_mb or None,
-              "speculate": None if args.speculate < 0 else args.speculate}
+              "speculate": None if args.speculate < 0 else args.speculate,
+              "compile_timeout_s": args.compile_timeout_s or None}
     serve(args.model_uri, args.host, args.port, args.queue_size, args.threads or physical_cores(), tracing, engine,
           api_keys=keys, metrics_auth=args.metrics_auth)
 

@@ -14,7 +14,6 @@ import types
 import jsonschema
 import pytest
 
-from chatpack.engine import genai_model
 from chatpack.flavours.onnx_chat.pyfunc_model import OnnxChatModel
 from chatpack.protocol.chat_request import parse_request
 from chatpack.protocol.errors import RequestError
@@ -120,39 +119,39 @@ def test_a_constraint_that_does_not_compile_is_refused_before_the_model_is_taken
 
 
 def test_a_constraint_slower_to_compile_than_the_limit_is_refused(model, monkeypatch):
-    monkeypatch.setattr(genai_model, "MAX_COMPILE_SECONDS", 0.0)
+    monkeypatch.setattr(model.engine.grammars, "compile_seconds", 0.0)
+    fresh = {**BOUNDED[2], "description": "not compiled before"}  # a cache miss
     with pytest.raises(RequestError) as caught:
-        reply(model, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": BOUNDED[2]}})
+        reply(model, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": fresh}})
     assert caught.value.param == "response_format"
-    assert re.fullmatch(r"response_format\.json_schema\.schema: cannot be enforced: took \d+\.\d s to compile "
-                        r"\(at most 0 s\): simplify it", caught.value.message), caught.value.message
+    assert re.fullmatch(r"response_format\.json_schema\.schema: cannot be enforced: takes more than 0 s to compile: "
+                        r"simplify it", caught.value.message), caught.value.message
 
 
-def test_a_constrained_request_runs_beside_the_batch_of_unconstrained_ones(model):
-    engine, results = model.engine, {}
-    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": BOUNDED[0]}}
-
-    def call(name: str, **body) -> None:
-        results[name] = reply(model, **{"max_tokens": 6, **body})
-
-    steps = engine.stats["steps"]
-    with engine.model_lock:
-        threads = [threading.Thread(target=call, args=(f"greedy{i}",), kwargs={"messages": [
-            {"role": "user", "content": f"q{i}"}]}) for i in range(3)]
+def test_constrained_rows_decode_in_the_batch_with_free_ones_and_get_their_solo_replies(model):
+    engine = model.engine
+    bodies = [{"messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 6} for i in range(3)]
+    samplings = ({}, {"temperature": 1.0, "seed": 5}, {}, {"temperature": 0.8, "seed": 2})
+    bodies += [{"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+                "max_tokens": 40, **sampling} for schema, sampling in zip(BOUNDED, samplings)]
+    alone = [reply(model, **body) for body in bodies]
+    results: dict[int, dict] = {}
+    with engine.model_lock:  # all of them wait, then decode together
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, reply(model, **bodies[i])))
+                   for i in range(len(bodies))]
         for thread in threads:
             thread.start()
         deadline = time.time() + 30
-        while engine.batch.waiting < 3 and time.time() < deadline:
+        while engine.batch.waiting < len(bodies) and time.time() < deadline:
             time.sleep(0.01)
-        threads.append(threading.Thread(target=call, args=("constrained",),
-                                        kwargs={"response_format": fmt, "max_tokens": 30}))
-        threads[-1].start()
-        time.sleep(0.2)  # it has compiled its constraint and waits for the model
+        engine.stats["largest_batch"] = 0
     for thread in threads:
         thread.join(timeout=60)
-    assert engine.stats["largest_batch"] >= 3 and engine.stats["steps"] - steps < 6  # the three decoded together
-    assert all(results[f"greedy{i}"]["finish_reason"] == "length" for i in range(3))
-    assert json.loads(results["constrained"]["message"]["content"]) in ({"ok": True}, {"ok": False})
+    assert engine.stats["largest_batch"] == len(bodies)
+    assert [results[i] for i in range(len(bodies))] == alone
+    for body, choice in zip(bodies[3:], alone[3:]):
+        jsonschema.validate(json.loads(choice["message"]["content"]),
+                            body["response_format"]["json_schema"]["schema"])
 
 
 # -- tools through a template that takes them ------------------------------------------------------------------------

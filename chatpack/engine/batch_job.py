@@ -1,5 +1,5 @@
-"""One request in the continuous batch (:mod:`chatpack.engine.batch_loop`): its decoder and sampler, and the queue
-its text goes out through while the loop runs ahead of its reader."""
+"""One request in the continuous batch (:mod:`chatpack.engine.batch_loop`): its decoder, sampler and (constrained)
+matcher, and the queue its text goes out through while the loop runs ahead of its reader."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from chatpack.engine.decode_step import RowDecoder, StreamState
+from chatpack.engine.grammar import RowMatcher
 from chatpack.engine.sampler import Sampler
 
 END = object()  # the end of a job's pieces
@@ -31,7 +33,10 @@ class Job:
     pieces: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
     error: BaseException | None = None
+    matcher: RowMatcher | None = None  # the reply's constraint (None: free)
+    allowed: Any = None  # the matcher's mask (bool [vocab]) for the position whose logits come next
     next_token: int | None = None  # chosen, its KV not yet cached
+    forced: list[int] = field(default_factory=list)  # tokens the constraint forces after next_token (fast-forward)
     thread: int = field(default_factory=lambda: OWNER.get() or threading.get_ident())  # see BatchLoop.cancel_thread
 
     def put(self, piece: object) -> None:

@@ -4,18 +4,22 @@ One thread owns the rows. Each turn of its loop it (1) takes waiting requests in
 after the longest prefix a row still holds from an earlier request (prefix reuse), then (2) runs one decode step over
 every active row, each row choosing its own next token (:class:`~chatpack.engine.sampler.Sampler`: greedy, or sampled
 with its own seed) and going through the shared decode step (:class:`~chatpack.engine.decode_step.RowDecoder`: EOS,
-stops, ``max_tokens``, logprobs). A request running alone, greedy, may instead verify a draft copied from its own
-context (prompt-lookup speculation): the tokens that match what the model would have chosen are taken in one pass,
-so the reply is the same, sooner.
+stops, ``max_tokens``, logprobs). A constrained row (structured output, tools) draws under its own token mask
+(:mod:`chatpack.engine.grammar`): the masks of a step's constrained rows are computed together, on another thread
+while onnxruntime runs the step (a mask depends only on the tokens the row has taken); the drawn token goes back to
+the row's matcher. Where the grammar then allows one continuation only (JSON keys, punctuation, a tool call's
+envelope), the row feeds those tokens in a pass of its own (fast-forward) and takes each one it draws itself from
+that pass's logits, under its mask, as it would one step at a time; a row whose grammar admits nothing but the end
+of the reply ends without another step. A request running alone, greedy, may instead verify a draft copied from its
+own context (prompt-lookup speculation) the same way.
 
 Rows are kept in two regions: active rows first (a decode step runs rows ``0..active-1`` in one call), then idle
 rows, which keep the KV cache of the requests they last served, most recently used first to be kept. Only what a
 prompt pass computed is reused (a decode step's keys/values differ in the last bits); when nothing else is waiting,
-the loop recomputes an idle row's reply tokens in prompt passes, a few at a time, so that a conversation's next turn,
-arriving after the user has read the reply, reuses the reply too. A finished
-request's row is swapped to the end of the active region. A request's text goes out through its own queue as it is
-made; closing its stream cancels it at the next step and frees its row. Each loop turn holds ``model_lock`` (shared
-with the one-request-at-a-time path), so that path gets the model between two steps.
+the loop recomputes an idle row's reply tokens in prompt passes (:func:`~chatpack.engine.prompt_passes.settle`), so
+that a conversation's next turn reuses the reply too. A finished request's row is swapped to the end of the active
+region. A request's text goes out through its own queue as it is made; closing its stream cancels it at the next
+step and frees its row. Each loop turn holds ``model_lock`` (shared with the one-request-at-a-time path).
 """
 
 from __future__ import annotations
@@ -25,18 +29,18 @@ import logging
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from chatpack.engine.batch_job import END, Job
+from chatpack.engine.grammar import Masker, masked
+from chatpack.engine.guidance import GuidanceError
 from chatpack.engine.kv_rows import KvRows
-from chatpack.engine.prompt_passes import common_prefix, draft_tokens, prefill_chunks
+from chatpack.engine.prompt_passes import Row, common_prefix, draft_tokens, prefill_chunks, settle, unsettled
 
 logger = logging.getLogger(__name__)
 
-SETTLE_CHUNK = 16  # reply tokens recomputed per idle turn of the loop (a new request waits for at most one)
 _LOOPS: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -46,23 +50,13 @@ def _close_loops() -> None:
         loop.close()
 
 
-@dataclass
-class Row:
-    """What one KV row holds: the tokens whose keys/values are cached, how many of them (from the start) a prompt
-    pass computed (``exact``: what a later request may reuse), and the job it serves (None: idle)."""
-
-    tokens: list[int] = field(default_factory=list)
-    exact: int = 0
-    job: Job | None = None
-    used: float = 0.0
-
-
 class BatchLoop:
     """The rows' owner thread (see the module docstring). ``speculate``: the longest draft a lone greedy request
-    verifies per pass (0: off)."""
+    verifies per pass (0: off); ``fast_forward``: constrained rows take the tokens their grammar forces in a pass."""
 
-    def __init__(self, rows: KvRows, model_lock: Any, speculate: int = 0, ngram: int = 3):
+    def __init__(self, rows: KvRows, model_lock: Any, speculate: int = 0, ngram: int = 3, fast_forward: bool = True):
         self.kv, self.model_lock, self.speculate, self.ngram = rows, model_lock, speculate, ngram
+        self.fast_forward = fast_forward
         self.rows = [Row() for _ in range(rows.rows)]
         self.active = 0
         # What this model's kernels allow (KvRows.probe). Where a step's unpaired last row is computed differently,
@@ -73,8 +67,9 @@ class BatchLoop:
         self.pad_odd = not same_rows
         self.capacity = len(self.rows) - (1 if self.pad_odd and len(self.rows) % 2 else 0)
         self.stats = {"steps": 0, "rows_stepped": 0, "largest_batch": 0, "prompt_tokens": 0, "reused_tokens": 0,
-                      "settled_tokens": 0, "drafted": 0, "accepted": 0}
+                      "settled_tokens": 0, "drafted": 0, "accepted": 0, "forced": 0, "forced_taken": 0}
         self._waiting: list[Job] = []
+        self._masker = Masker()  # constrained rows' masks, beside the model's step
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="batch-loop", daemon=True)
@@ -114,11 +109,13 @@ class BatchLoop:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout)
+        self._masker.close()
 
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._waiting and not self.active and self._unsettled() is None:
+                while (not self._closed and not self._waiting and not self.active
+                       and unsettled(self.rows[self.active:], self.reuse) is None):
                     self._wake.wait()
             with self.model_lock:
                 if self._closed:
@@ -126,7 +123,7 @@ class BatchLoop:
                     return
                 try:
                     if not self._waiting and not self.active:
-                        self._settle()
+                        self.stats["settled_tokens"] += settle(self.kv, self.rows, self.active, self.reuse)
                         continue
                     self._admit()
                     self._drop_cancelled()
@@ -145,7 +142,7 @@ class BatchLoop:
                     return
                 job = self._waiting.pop(0)
             if job.cancelled:
-                self._end(job)
+                job.put(END)
                 continue
             try:
                 self._start(job)
@@ -166,89 +163,102 @@ class BatchLoop:
         row.job, row.tokens, row.exact, self.active = job, row.tokens[:reuse], 0, self.active + 1
         self.stats["prompt_tokens"] += len(job.prompt_ids)
         self.stats["reused_tokens"] += reuse
+        masks = self._masker.start([job])  # the first token's mask, computed while the prompt is
         logits = None
         for start, end in prefill_chunks(reuse, len(job.prompt_ids)):
             chunk = job.prompt_ids[start:end]
             logits = self.kv.run(index, np.asarray([chunk]), [start])[0, -1]
             row.tokens.extend(chunk)
         row.exact = len(row.tokens)
-        self._take(index, logits)
-
-    def _unsettled(self) -> int | None:
-        """The most recently used idle row with reply tokens a prompt pass has not computed yet (None: none)."""
-        rows = [i for i in range(self.active, len(self.rows))
-                if self.reuse and len(self.rows[i].tokens) - self.rows[i].exact >= 2]
-        return max(rows, key=lambda i: self.rows[i].used) if rows else None
-
-    def _settle(self) -> None:
-        """Idle work, a few tokens at a time: recompute an idle row's reply tokens in a prompt pass, so that the next
-        turn of its conversation reuses them too (a decode step's keys/values are not what a cold prompt computes)."""
-        index = self._unsettled()
-        if index is None:
-            return
-        row = self.rows[index]
-        end = len(row.tokens) if len(row.tokens) - row.exact <= SETTLE_CHUNK + 1 else row.exact + SETTLE_CHUNK
-        for start, stop in prefill_chunks(row.exact, end):
-            self.kv.run(index, np.asarray([row.tokens[start:stop]]), [start])
-        self.stats["settled_tokens"] += end - row.exact
-        row.exact = end
+        masks.deliver()
+        if self._take(index, logits) is not None:
+            self._fast_forward(index)
 
     def _step(self) -> None:
-        """One decode step over every active row (or a speculative pass for a lone greedy request)."""
+        """One decode step over every active row (or a speculative pass for a lone greedy request), then a pass of
+        its own for each constrained row whose grammar now forces tokens (fast-forward)."""
         count = self.active
-        if count == 1 and self.speculate and not self._waiting:
-            job = self.rows[0].job
-            if job.sampler.greedy and job.decoder.track is None and self._speculative_pass():
+        job = self.rows[0].job
+        if count == 1 and self.speculate and not self._waiting and job.sampler.greedy and job.matcher is None:
+            room = min(self.kv.row_tokens - len(self.rows[0].tokens) - 1, job.decoder.remaining - 1)
+            draft = draft_tokens(self.rows[0].tokens + [job.next_token], self.ngram, min(self.speculate, room))
+            if draft and job.decoder.track is None:
+                self.stats["drafted"] += len(draft)
+                self.stats["accepted"] += self._draft_pass(0, draft)
                 return
-        ids = [[self.rows[i].job.next_token] for i in range(count)]
+        jobs = [self.rows[i].job for i in range(count)]
+        ids = [[job.next_token] for job in jobs]
         lengths = [len(self.rows[i].tokens) for i in range(count)]
         if count % 2 and self.pad_odd and len(self.rows[count].tokens) < self.kv.row_tokens:
             ids, lengths = ids + [[0]], lengths + [len(self.rows[count].tokens)]  # past its cached tokens only
+        masks = self._masker.start(jobs)  # computed while onnxruntime runs the step
         logits = self.kv.run(0, np.asarray(ids), lengths)
+        masks.deliver()
         self.stats["steps"] += 1
         self.stats["rows_stepped"] += count
         self.stats["largest_batch"] = max(self.stats["largest_batch"], count)
         for i in range(count):
             self.rows[i].tokens.append(self.rows[i].job.next_token)
         for i in reversed(range(count)):  # releasing row i moves only rows after it
-            self._take(i, logits[i, 0])
+            if self._take(i, logits[i, 0]) is not None:
+                self._fast_forward(i)
 
-    def _speculative_pass(self) -> bool:
-        """Verify a prompt-lookup draft for row 0 in one pass; False when there is no draft."""
-        row, job = self.rows[0], self.rows[0].job
-        room = min(self.kv.row_tokens - len(row.tokens) - 1, job.decoder.remaining - 1)
-        draft = draft_tokens(row.tokens + [job.next_token], self.ngram, min(self.speculate, room))
-        if not draft:
-            return False
-        logits = self.kv.run(0, np.asarray([[job.next_token] + draft]), [len(row.tokens)], every_position=True)[0]
-        self.stats["drafted"] += len(draft)
+    def _fast_forward(self, index: int) -> None:
+        """While row ``index``'s grammar forces tokens after its next one, take them in passes of their own."""
+        job = self.rows[index].job
+        while self.rows[index].job is job and job.forced:
+            self.stats["forced"] += len(job.forced)
+            self.stats["forced_taken"] += self._draft_pass(index, job.forced)
+
+    def _draft_pass(self, index: int, draft: list[int]) -> int:
+        """Feed row ``index``'s next token and ``draft`` (tokens expected after it) in one pass, and take each draft
+        token the row draws itself from that pass's logits (under its mask), as one step at a time would; the first
+        token it draws otherwise, or the one after the draft, becomes its next token. Returns the draft tokens taken.
+        """
+        row, job = self.rows[index], self.rows[index].job
+        logits = self.kv.run(index, np.asarray([[job.next_token] + draft]), [len(row.tokens)], every_position=True)
         row.tokens.append(job.next_token)
         for position in range(len(draft) + 1):
-            token = job.sampler.choose(logits[position])
-            if not self._push(0, token, logits[position]) or position == len(draft) or token != draft[position]:
-                return True  # the last token pushed is the row's next one (its keys/values not cached yet)
-            self.stats["accepted"] += 1
-            row.tokens.append(token)  # a draft token the model chose: this pass wrote its keys/values
-        return True
+            if job.matcher is not None:
+                job.allowed = job.matcher.allowed()
+            token = self._take(index, logits[0, position])
+            if token is None or position == len(draft) or token != draft[position]:
+                return position  # the last token drawn is the row's next one (its keys/values not cached yet)
+            row.tokens.append(token)  # a draft token the row drew: this pass wrote its keys/values
+        return len(draft)
 
-    def _take(self, index: int, logits: np.ndarray) -> None:
-        """Row ``index``'s next token from ``logits``; releases the row when its reply has ended."""
+    def _take(self, index: int, logits: np.ndarray) -> int | None:
+        """Row ``index``'s next token from ``logits`` (under its mask when constrained); None when the reply has ended
+        (its row released)."""
         job = self.rows[index].job
-        self._push(index, job.sampler.choose(logits), logits)
+        token = job.sampler.choose(logits if job.matcher is None else masked(logits, job.allowed))
+        return token if self._push(index, token, logits) else None
 
     def _push(self, index: int, token: int, logits: np.ndarray) -> bool:
-        """Give ``token`` to row ``index``'s reply; True while the reply goes on."""
+        """Give ``token`` to row ``index``'s reply (and to its matcher, noting the tokens it forces next); True while
+        the reply goes on."""
         job = self.rows[index].job
         job.next_token = token
+        if job.matcher is not None:
+            try:
+                job.matcher.consume(token)
+            except GuidanceError as exc:  # cannot happen under its mask; if it does, only this reply fails
+                self._fail(job, exc)
+                return False
         piece = job.decoder.push(token, logits if job.decoder.track is not None else None)
+        if job.matcher is not None and job.matcher.finished:
+            piece += job.decoder.finish("stop")  # only EOS is left: the step that would draw it is not needed
+        ended = job.decoder.done or len(self.rows[index].tokens) >= self.kv.row_tokens
+        if ended:
+            piece += job.decoder.finish("length")
         if piece:
             job.put(piece)
-        if job.decoder.done or len(self.rows[index].tokens) >= self.kv.row_tokens:
-            tail = job.decoder.finish("length")
-            if tail:
-                job.put(tail)
+        if ended:
             self._release(index)
             return False
+        if job.matcher is not None and self.fast_forward:
+            job.forced = job.matcher.forced(min(self.kv.row_tokens - len(self.rows[index].tokens) - 1,
+                                                job.decoder.remaining))
         return True
 
     def _drop_cancelled(self) -> None:
@@ -260,11 +270,8 @@ class BatchLoop:
         closed = RuntimeError("the model's batch loop has stopped (the process is exiting)")
         with self._wake:
             waiting, self._waiting = self._waiting, []
-        for job in waiting:
-            job.error = closed
-            self._end(job)
-        for i in reversed(range(self.active)):
-            self._fail(self.rows[i].job, closed)
+        for job in waiting + [self.rows[i].job for i in reversed(range(self.active))]:
+            self._fail(job, closed)
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         """End ``job`` with ``exc`` (raised to its reader), freeing its row if it has one."""
@@ -274,7 +281,7 @@ class BatchLoop:
             self.rows[held[0]].tokens, self.rows[held[0]].exact = [], 0  # its cache may be half written
             self._release(held[0])
         else:
-            self._end(job)
+            job.put(END)
 
     def _release(self, index: int) -> None:
         """End row ``index``'s job and move the row to the idle region (its cache kept for reuse)."""
@@ -282,13 +289,9 @@ class BatchLoop:
         job, row.job, row.used = row.job, None, time.monotonic()
         self.active -= 1
         self._swap(index, self.active)
-        self._end(job)
+        job.put(END)
 
     def _swap(self, a: int, b: int) -> None:
         if a != b:
             self.kv.swap_rows(a, len(self.rows[a].tokens), b, len(self.rows[b].tokens))
             self.rows[a], self.rows[b] = self.rows[b], self.rows[a]
-
-    @staticmethod
-    def _end(job: Job) -> None:
-        job.put(END)

@@ -1,18 +1,19 @@
 """The chat engine: chat template and tokenising, the context policy, streamed and whole replies.
 
-One :class:`OnnxChatEngine` holds one model folder and answers many requests. Requests without a decoding constraint
-(greedy or sampled, streamed or whole, with or without logprobs) go to the continuous batch
-(:mod:`chatpack.engine.batch_loop`): they join the running batch between two decode steps, reuse the KV cache of an
-earlier request whose tokens their prompt extends, and, alone and greedy, verify prompt-lookup drafts. Its KV rows
-(:mod:`chatpack.engine.kv_rows`) hold ``row_tokens`` tokens each: a request whose prompt plus ``max_tokens`` does not
-fit, and a request with a decoding constraint (``options.guidance``: structured output, tools, which need
-onnxruntime-genai's LLGuidance), runs alone in an onnxruntime-genai generator
-(:class:`~chatpack.engine.genai_model.GenaiModel`), between two steps of the batch (``model_lock``). Every reply goes
-through the shared decode step (:mod:`chatpack.engine.decode_step`).
+One :class:`OnnxChatEngine` holds one model folder and answers many requests. Every request whose prompt plus
+``max_tokens`` fits a KV row (:mod:`chatpack.engine.kv_rows`, ``row_tokens`` tokens each) goes to the continuous batch
+(:mod:`chatpack.engine.batch_loop`): greedy or sampled, streamed or whole, with or without logprobs, and with or
+without a decoding constraint (``options.guidance``: structured output, tools). They join the running batch between
+two decode steps, reuse the KV cache of an earlier request whose tokens their prompt extends, and, alone and greedy
+(unconstrained), verify prompt-lookup drafts. A constrained request decodes under its own token mask
+(:mod:`chatpack.engine.grammar`, LLGuidance). A request that does not fit a row runs alone in an onnxruntime-genai
+generator (:class:`~chatpack.engine.genai_model.GenaiModel`), between two steps of the batch (``model_lock``), under
+the same matcher. Every reply goes through the shared decode step (:mod:`chatpack.engine.decode_step`).
 
-A constrained request gets its generator made, and the constraint compiled, when it is submitted, before it waits for
-the model: a constraint that does not compile fails at the call and never holds the model. Conversations with tools
-are rendered by :mod:`chatpack.engine.tool_prompt`.
+A constrained request gets its matcher when it is submitted, before it waits for the model: the constraint compiles
+there (or comes from the cache of compiled constraints), off the batch thread and within the compile time limit, so
+a constraint that does not compile, or not in time, fails at the call and never holds the model. Conversations with
+tools are rendered by :mod:`chatpack.engine.tool_prompt`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from chatpack.engine.batch_job import Job
 from chatpack.engine.batch_loop import BatchLoop
 from chatpack.engine.decode_step import RowDecoder, StreamState, decode
 from chatpack.engine.genai_model import GenaiModel
+from chatpack.engine.grammar import DEFAULT_COMPILE_SECONDS, Grammars
 from chatpack.engine.kv_rows import KvRows
 from chatpack.engine.logprobs import TokenLogprob, TokenTrack, Vocabulary
 from chatpack.engine.sampler import Sampler
@@ -69,19 +71,20 @@ class OnnxChatEngine:
     options (``max_new_tokens``, ``temperature``, ...), ``max_batch`` the most requests decoding together (KV rows),
     ``threads`` the intra-op threads (None: onnxruntime's default), ``kv_cache_mb`` the KV rows' memory budget
     (:func:`~chatpack.engine.scheduler.row_layout`; ``row_tokens`` sets a row's length instead), ``speculate`` the
-    longest prompt-lookup draft (0: off)."""
+    longest prompt-lookup draft (0: off), ``compile_seconds`` the longest a constraint may take to compile."""
 
     def __init__(self, model_dir: str | Path, defaults: dict | None = None, max_batch: int = 8,
                  threads: int | None = None, kv_cache_mb: int = DEFAULT_KV_CACHE_MB, speculate: int = SPECULATE,
-                 row_tokens: int | None = None):
+                 row_tokens: int | None = None, compile_seconds: float = DEFAULT_COMPILE_SECONDS):
         self.model_dir = Path(model_dir)
         self.threads = threads
         self.genai = GenaiModel(model_dir, threads)
         self.model, self.tokenizer = self.genai.model, self.genai.tokenizer
         self.context_length, self.eos_ids = self.genai.context_length, self.genai.eos_ids
+        self.kv = KvRows(model_dir, threads=threads)
+        self.grammars = Grammars(model_dir, self.kv.vocab_size, self.eos_ids, compile_seconds)
         self.defaults = dict(defaults or {})
         self.model_lock = FairLock()  # one computation at a time: a batch step, or a step of a lone generator
-        self.kv = KvRows(model_dir, threads=threads)
         rows, fitted = row_layout(max_batch, self.context_length, self.kv.bytes_per_token, kv_cache_mb)
         row_tokens = min(row_tokens or fitted, self.context_length)
         self.kv.allocate(rows, row_tokens)
@@ -93,12 +96,13 @@ class OnnxChatEngine:
         self.default_top_k = self.genai.default_top_k
         logger.info("KV cache: %d rows x %d tokens x %d bytes = %.0f MB at most; speculation: %s", rows, row_tokens,
                     self.kv.bytes_per_token, self.kv.cache_bytes / 2**20, speculate or "off")
-        logger.info("Constrained decoding ready in %.2f s (tools through the chat template: %s)",
-                    self.genai.warm_up(), self.native_tools)
+        logger.info("Constrained decoding ready in %.2f s (compile limit %g s; tools through the chat template: %s)",
+                    self.grammars.warm_up(), compile_seconds, self.native_tools)
 
     def close(self) -> None:
-        """Stop the batch loop (its thread, and the KV rows it holds, go with it)."""
+        """Stop the batch loop (its thread, and the KV rows it holds, go with it) and the compile pool."""
         self.batch.close()
+        self.grammars.close()
 
     def __del__(self) -> None:
         if hasattr(self, "batch"):
@@ -155,36 +159,35 @@ class OnnxChatEngine:
     def _pending(self, prompt_ids: list[int], options: GenerationOptions, state: StreamState | None = None
                  ) -> Pending:
         """The request with the model's defaults applied and its token budget; refuses a prompt that leaves none.
-        A constrained request's generator is made here (raises GuidanceError when its constraint does not compile)."""
+        A constrained request's matcher is made here (raises GuidanceError when its constraint does not compile, or
+        not within the compile limit)."""
         options = options.over(self.defaults)
         self.check_fits(prompt_ids)
         budget = self.context_length - len(prompt_ids)
-        if options.max_tokens is None and options.guidance is None and len(prompt_ids) < self.kv.row_tokens:
+        if options.max_tokens is None and len(prompt_ids) < self.kv.row_tokens:
             budget = min(budget, self.kv.row_tokens - len(prompt_ids))  # an open-ended reply ends with its KV row
         max_new = min(options.max_tokens, budget) if options.max_tokens else budget
         item = Pending(prompt_ids, options, max_new, state if state is not None else StreamState(len(prompt_ids)))
         if options.guidance is not None:
-            item.generator = self.genai.create(len(prompt_ids), 1, options, max_new)
+            item.matcher = self.grammars.matcher(options.guidance)
         return item
 
     def _batched(self, item: Pending) -> bool:
-        """Whether ``item`` decodes in the running batch (unconstrained, and its prompt and reply fit a KV row)."""
-        return item.options.guidance is None and len(item.prompt_ids) + item.max_new <= self.kv.row_tokens
+        """Whether ``item`` decodes in the running batch (its prompt and reply fit a KV row)."""
+        return len(item.prompt_ids) + item.max_new <= self.kv.row_tokens
 
     def _job(self, item: Pending) -> Job:
         sampler = Sampler(item.options, self.default_top_k)
         decoder = self._row(item, StreamState(item.state.prompt_tokens))  # the loop's own; item.state follows reads
-        return self.batch.submit(Job(item.prompt_ids, decoder, sampler, item.state))
+        return self.batch.submit(Job(item.prompt_ids, decoder, sampler, item.state, matcher=item.matcher))
 
     def _stream(self, item: Pending) -> Iterator[str]:
-        """A lone generator's reply, each step taken between two steps of the batch."""
+        """A lone generator's reply, each step taken between two steps of the batch (under the request's matcher
+        when it is constrained)."""
         row = self._row(item)
         with self.model_lock:  # the prompt's prefill is model compute too
-            if item.generator is not None:  # made ahead (constrained)
-                generator, item.generator = self.genai.fill(item.generator, [item.prompt_ids]), None
-            else:
-                generator = self.genai.generator([item.prompt_ids], item.options, item.max_new)
-        steps = decode(generator, [row])
+            generator = self.genai.generator([item.prompt_ids], item.options, item.max_new)
+        steps = decode(generator, [row], [item.matcher])
         while True:
             with self.model_lock:
                 step = next(steps, None)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from chatpack.engine.grammar import masked
 from chatpack.engine.logprobs import TokenLogprob, TokenTrack
 from chatpack.engine.stops import find_stop, held_back
 from chatpack.engine.tool_calls import CallGuard
@@ -107,14 +108,30 @@ class RowDecoder:
         return piece
 
 
-def decode(generator: Any, rows: list[RowDecoder]) -> Iterator[list[str]]:
+def decode(generator: Any, rows: list[RowDecoder], matchers: list[Any] | None = None) -> Iterator[list[str]]:
     """Run ``generator`` (one row per :class:`RowDecoder`) until every row has ended; yield each step's new text per
-    row. Rows that ended wait for the others; a generator that stops first ends the rest for "length"."""
+    row. Rows that ended wait for the others; a generator that stops first ends the rest for "length". ``matchers``
+    (one per row, None for a free row; :class:`~chatpack.engine.grammar.RowMatcher`) constrain the rows: each step's
+    logits are masked (``set_logits``) before the generator draws, and the drawn tokens are fed back."""
+    matchers = matchers or [None] * len(rows)
     tracked = any(row.track is not None for row in rows)
+    constrained = any(m is not None for m in matchers)
     while not all(row.done for row in rows) and not generator.is_done():
         # The step's logits are computed before the token is chosen (and are the model's own: no temperature, no mask)
-        logits = np.asarray(generator.get_logits()).reshape(len(rows), -1) if tracked else [None] * len(rows)
+        raw = np.asarray(generator.get_logits()).reshape(len(rows), -1) if tracked or constrained else None
+        logits = raw if tracked else [None] * len(rows)
+        if constrained:
+            scores = np.stack([r if m is None else masked(r, m.allowed()) for r, m in zip(raw, matchers)])
+            generator.set_logits(scores.reshape(np.asarray(generator.get_logits()).shape))
         generator.generate_next_token()
         tokens = generator.get_next_tokens()
-        yield [row.push(int(token), row_logits) for row, token, row_logits in zip(rows, tokens, logits)]
+        pieces = []
+        for row, token, row_logits, matcher in zip(rows, tokens, logits, matchers):
+            piece = "" if row.done else row.push(int(token), row_logits)
+            if matcher is not None and not row.done:
+                matcher.consume(int(token))
+                if matcher.finished:  # only EOS is left
+                    piece += row.finish("stop")
+            pieces.append(piece)
+        yield pieces
     yield [row.finish("length") for row in rows]

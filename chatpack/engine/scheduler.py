@@ -27,7 +27,7 @@ class Pending:
     options: GenerationOptions  # already merged with the model's defaults
     max_new: int
     state: StreamState
-    generator: Any = None  # made ahead, outside the model lock, when the request has a constraint to compile
+    matcher: Any = None  # the constraint's matcher (chatpack.engine.grammar.RowMatcher), made before the model is taken
     text: str = ""
 
 

@@ -44,7 +44,8 @@ ONNX_ARTIFACT_KEY = "onnx_model"
 CONCURRENCY_KEY = "chatpack_concurrency"  # model metadata; "batched": safe to call from many threads at once
 THREADS_CONFIG_KEY = "threads"  # model_config: the engine's intra-op threads (0 or unset: onnxruntime's default)
 # model_config: the continuous batch's shape (declared when logged, so that ``serve`` may override them at load time)
-ENGINE_CONFIG = {"parallel": 8, "kv_cache_mb": 2048, "speculate": 0}
+# (compile_timeout_s: the longest a request's constraint may take to compile, else 400 naming the field)
+ENGINE_CONFIG = {"parallel": 8, "kv_cache_mb": 2048, "speculate": 0, "compile_timeout_s": 5.0}
 FEATURES_KEY = "chatpack_features"  # model metadata: what this code implements beyond the chat basics (FEATURES)
 FEATURES = ("logprobs", "text_completion")
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")
@@ -76,11 +77,11 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         self.model_name = str(config.get("source_model", "onnx-chat"))
         defaults = {k: config[k] for k in GENERATION_KEYS if config.get(k) is not None}
         threads = config.get(THREADS_CONFIG_KEY)  # set at load time: load_model(uri, model_config={"threads": 2})
-        engine = {key: int(config.get(key) if config.get(key) is not None else value)
+        engine = {key: type(value)(config.get(key) if config.get(key) is not None else value)
                   for key, value in ENGINE_CONFIG.items()}
         self.engine = OnnxChatEngine(context.artifacts[ONNX_ARTIFACT_KEY], defaults, max_batch=engine["parallel"],
                                      threads=int(threads) if threads else None, kv_cache_mb=engine["kv_cache_mb"],
-                                     speculate=engine["speculate"])
+                                     speculate=engine["speculate"], compile_seconds=engine["compile_timeout_s"])
 
     def predict(self, context, model_input, params=None) -> list[Any]:
         requests = [parse_request(row) for row in rows_of(model_input)]  # validate every row before generating
@@ -154,7 +155,7 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         try:
             return generate()
         except GuidanceError as exc:
-            param, message = blame(request.reply_format, exc, self.engine.genai.check)
+            param, message = blame(request.reply_format, exc, self.engine.grammars.check)
             raise RequestError(param, message) from None
 
     def _answer(self, request: ChatRequest) -> Any:
