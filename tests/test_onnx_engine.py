@@ -163,6 +163,15 @@ def test_the_batch_gives_the_replies_of_onnxruntime_genais_own_generator(engine,
     assert queued(engine, requests) == in_genai
 
 
+def test_the_generator_copy_of_the_weights_is_loaded_only_for_a_request_longer_than_a_row(onnx_dir):
+    engine = OnnxChatEngine(onnx_dir, row_tokens=64)
+    fits = engine.complete(chat(engine, "Hi"), GenerationOptions(max_tokens=8))
+    assert fits.completion_tokens > 0 and engine.stats["steps"] > 0
+    assert not engine.genai.loaded  # everything so far ran on the KV rows' session: the weights are in memory once
+    longer = engine.complete(engine.encode_text("word " * 30), GenerationOptions(max_tokens=80))
+    assert engine.genai.loaded and longer.completion_tokens > 0
+
+
 def test_an_open_ended_reply_ends_with_its_kv_row(onnx_dir):
     engine = OnnxChatEngine(onnx_dir, row_tokens=64)
     ids = chat(engine, "Hi")

@@ -79,7 +79,7 @@ class OnnxChatEngine:
         self.model_dir = Path(model_dir)
         self.threads = threads
         self.genai = GenaiModel(model_dir, threads)
-        self.model, self.tokenizer = self.genai.model, self.genai.tokenizer
+        self.tokenizer = self.genai.tokenizer
         self.context_length, self.eos_ids = self.genai.context_length, self.genai.eos_ids
         self.kv = KvRows(model_dir, threads=threads)
         self.grammars = Grammars(model_dir, self.kv.vocab_size, self.eos_ids, compile_seconds)

@@ -1,9 +1,13 @@
-"""One onnxruntime-genai model folder: the loaded ``og.Model`` and tokenizer, the facts of its ``genai_config.json``
-(context length, EOS and pad ids), and fresh generators over right-padded prompt rows.
+"""One onnxruntime-genai model folder: its tokenizer, the facts of its ``genai_config.json`` (context length, EOS and
+pad ids), and fresh generators over right-padded prompt rows from an ``og.Model`` loaded on first use.
 
 What the engine still takes from onnxruntime-genai: the tokenizer (encode, decode streams, the chat template) and
 the generator for a request that does not fit a KV row. Decoding constraints are no longer its LLGuidance's: the
 engine masks logits itself (:mod:`chatpack.engine.grammar`), in the batch and in this generator alike.
+
+The ``og.Model`` holds a second copy of the weights beside the KV rows' session (2.7 GB more at Phi-3-mini's int4
+size), so it is loaded only when a request first needs the generator, and the tokenizer is made from the folder's
+config without it: a server whose requests all fit its rows holds the weights once.
 
 The only module that touches the ``onnxruntime_genai`` API (imported on load: an optional, heavy dependency).
 """
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +30,18 @@ logger = logging.getLogger(__name__)
 
 
 class GenaiModel:
-    """``og.Model`` + ``og.Tokenizer`` of ``model_dir``; ``threads`` sets the decoder's intra-op threads (None: the
-    onnxruntime default)."""
+    """``og.Tokenizer`` of ``model_dir`` and its ``og.Model`` when first needed; ``threads`` sets the decoder's
+    intra-op threads (None: the onnxruntime default)."""
 
     def __init__(self, model_dir: str | Path, threads: int | None = None):
         import onnxruntime_genai as og
 
-        self._og = og
-        config = og.Config(str(model_dir))
+        self._og, self._model, self._loading = og, None, threading.Lock()
+        self._config = og.Config(str(model_dir))
         if threads:
             session = {"intra_op_num_threads": int(threads), "inter_op_num_threads": 1}
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
-        self.model = og.Model(config)
-        self.tokenizer = og.Tokenizer(self.model)
+            self._config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
+        self.tokenizer = og.Tokenizer(self._config)
         config = json.loads((Path(model_dir) / "genai_config.json").read_text())
         facts = config["model"]
         self.default_top_k = config.get("search", {}).get("top_k")  # what sampling uses when a request sets none
@@ -45,6 +50,22 @@ class GenaiModel:
         eos = facts.get("eos_token_id", [])
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = int(facts.get("pad_token_id", next(iter(self.eos_ids), 0)))
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the ``og.Model`` (the generator's copy of the weights) is in memory."""
+        return self._model is not None
+
+    @property
+    def model(self) -> Any:
+        """The ``og.Model``, loaded on first use (once, whichever thread asks first)."""
+        with self._loading:
+            if self._model is None:
+                start = time.perf_counter()
+                self._model = self._og.Model(self._config)
+                logger.info("Loaded onnxruntime-genai's generator model in %.1f s (a request needed more positions "
+                            "than a KV row holds)", time.perf_counter() - start)
+        return self._model
 
     def generator(self, prompts: list[list[int]], options: GenerationOptions, max_new: int) -> Any:
         """A fresh generator with ``prompts`` appended (one row each, right-padded to the longest), searching with
