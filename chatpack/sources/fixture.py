@@ -91,7 +91,7 @@ def build_tiny_phi3(out_dir: Path) -> None:
 # weights (its replies are noise; no quality figure from it means anything). Time and memory of building, quantising,
 # serving and decoding depend on the shapes, not on the values, so it stands in for the real model where no hub is.
 FULL_FIXTURE_NAME = "random-phi3-mini-4k"
-FULL_FIXTURE_VERSION = "1"  # part of the cache key, like FIXTURE_VERSION
+FULL_FIXTURE_VERSION = "2"  # part of the cache key, like FIXTURE_VERSION
 PHI3_MINI_CONFIG = dict(
     vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
     num_key_value_heads=32, max_position_embeddings=4096, original_max_position_embeddings=4096, rope_theta=10000.0,
@@ -173,12 +173,15 @@ def build_random_phi3_mini(out_dir: Path, shard_bytes: int = SHARD_BYTES, **over
     config.dtype = "bfloat16"
     with torch.device("meta"):
         shapes = {name: tuple(t.shape) for name, t in Phi3ForCausalLM(config).state_dict().items()}
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    shards: list[list[str]] = [[]]  # tensor names per shard, filled with values only when the shard is written
+    filled = 0  # bytes in the last shard
     for name, shape in shapes.items():
         size = 2 * int(torch.Size(shape).numel())
-        if shards[-1] and sum(2 * t.numel() for t in shards[-1].values()) + size > shard_bytes:
-            shards.append({})
-        shards[-1][name] = torch.empty(0)  # placeholder: filled when its shard is written
+        if shards[-1] and filled + size > shard_bytes:
+            shards.append([])
+            filled = 0
+        shards[-1].append(name)
+        filled += size
     total, weight_map = 0, {}
     for index, names in enumerate(shards, start=1):
         file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
