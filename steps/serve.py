@@ -79,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics_auth", type=common.str2bool, default=False,
                    help="Require an API key on GET /metrics too (default false: open for scrapers; /health is "
                         "always open).")
+    p.add_argument("--exit_on_load_error", type=common.str2bool, default=False,
+                   help="Exit with status 1 when the model fails to load (default false: stay up, /health answers "
+                        "503 with the error). For orchestrators that restart failed containers: a bad model URI shows "
+                        "at once as a crash-looping pod, not as a startup probe failing for its whole budget.")
     common.add_verbose(p)
     return p.parse_args(argv)
 
@@ -144,7 +148,7 @@ def _run(args: argparse.Namespace) -> None:
               "speculate": None if args.speculate < 0 else args.speculate,
               "compile_timeout_s": args.compile_timeout_s or None}
     serve(args.model_uri, args.host, args.port, args.queue_size, args.threads or physical_cores(), tracing, engine,
-          api_keys=keys, metrics_auth=args.metrics_auth)
+          api_keys=keys, metrics_auth=args.metrics_auth, exit_on_load_error=args.exit_on_load_error)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -300,13 +300,14 @@ def test_keys_from_the_variable_the_flag_and_the_file_are_all_accepted(started, 
     assert serve_step.main(["--model_uri", "models:/m@champion", "--api_key", "sk-flag", "--api_key_file",
                             str(key_file), "--metrics_auth", "true"]) == 0
     (args, kwargs), = started
-    assert kwargs == {"api_keys": [WRONG_KEY, "sk-flag", ENV_KEY, FILE_KEY], "metrics_auth": True}
+    assert kwargs == {"api_keys": [WRONG_KEY, "sk-flag", ENV_KEY, FILE_KEY], "metrics_auth": True,
+                      "exit_on_load_error": False}
     assert args[1] == "127.0.0.1"  # loopback unless told otherwise
 
 
 def test_no_key_configured_serves_open(started):
     assert serve_step.main(["--model_uri", "models:/m@champion"]) == 0
-    assert started[0][1] == {"api_keys": [], "metrics_auth": False}
+    assert started[0][1] == {"api_keys": [], "metrics_auth": False, "exit_on_load_error": False}
 
 
 @pytest.mark.parametrize(("file_text", "flags", "says"), [

@@ -183,6 +183,28 @@ def test_503_until_the_model_is_loaded(onnx_server):
         assert client(base).chat.completions.create(model="any", messages=MESSAGES, max_tokens=2).choices
 
 
+def test_a_model_that_cannot_load_reports_on_health_or_exits_1_with_exit_on_load_error(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "steps.serve", "--model_uri", missing, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # the default: the server stays up and says why on /health (503)
+        deadline, body = time.time() + 90, {"status": "starting"}
+        while body["status"] in ("starting", "loading") and time.time() < deadline and proc.poll() is None:
+            try:
+                status, body = raw("GET", f"http://127.0.0.1:{port}/health")
+            except OSError:
+                time.sleep(0.2)
+        assert status == 503 and body["status"] == "error" and "no-such-model" in body["error"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    done = subprocess.run([sys.executable, "-m", "steps.serve", "--model_uri", missing, "--port", str(port),
+                           "--exit_on_load_error", "true"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"error: {missing} did not load" in done.stderr and "Traceback" not in done.stderr.splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def bundled_onnx_uri(bundled_fetch_run) -> str:
     return logged(log_onnx_pyfunc, bundled_fetch_run, "--model_name", "smol-serve")

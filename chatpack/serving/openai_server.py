@@ -242,13 +242,24 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, queue_size: int = DEFAULT_QUEUE_SIZE,
           threads: int | None = None, tracing: TraceSettings | None = None, engine: dict[str, int] | None = None,
-          api_keys: Sequence[str] = (), metrics_auth: bool = False) -> None:
+          api_keys: Sequence[str] = (), metrics_auth: bool = False, exit_on_load_error: bool = False) -> None:
     """Run the server until interrupted (``engine``: overrides of the ONNX model's batch settings; ``api_keys``,
-    ``metrics_auth``: see :class:`ApiKeyGuard`)."""
+    ``metrics_auth``: see :class:`ApiKeyGuard`). With ``exit_on_load_error`` a model that fails to load stops the
+    server, and this raises ``SystemExit`` (status 1) naming the error; otherwise the server stays up and ``/health``
+    reports it."""
     import uvicorn
 
     limit_malloc_arenas()
-    app = create_app(ServedModel(model_uri, queue_size, threads, engine), tracing=tracing, api_keys=api_keys,
-                     metrics_auth=metrics_auth)
+    served = ServedModel(model_uri, queue_size, threads, engine)
+    app = create_app(served, tracing=tracing, api_keys=api_keys, metrics_auth=metrics_auth)
     log_auth(host, api_keys, metrics_auth)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=30)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_keep_alive=30))
+    if exit_on_load_error:
+        def stop() -> None:
+            logger.error("Stopping the server: the model did not load and --exit_on_load_error is set")
+            server.should_exit = True
+
+        served.on_load_error = stop
+    server.run()
+    if exit_on_load_error and served.load_error:
+        raise SystemExit(f"error: {served.model_uri} did not load: {served.load_error}")

@@ -23,7 +23,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,16 +142,18 @@ class CountingLock:
 
 
 class ServedModel:
-    """The loaded pyfunc model, its admission counter and the threads that call it."""
+    """The loaded pyfunc model, its admission counter and the threads that call it. ``on_load_error``: called (no
+    arguments) after a load fails, e.g. to stop the server instead of leaving it up to report the error."""
 
     def __init__(self, model_uri: str, queue_size: int = DEFAULT_QUEUE_SIZE, threads: int | None = None,
-                 engine: dict[str, int] | None = None):
+                 engine: dict[str, int] | None = None, on_load_error: Callable[[], None] | None = None):
         if queue_size < 1:
             raise ValueError(f"queue_size: must be >= 1, got {queue_size}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads: must be >= 1, got {threads}")
         self.model_uri, self.name, self.queue_size = model_uri, served_name(model_uri), queue_size
         self.threads, self.engine_settings = threads, dict(engine or {})
+        self.on_load_error = on_load_error
         self.model: Any = None
         self.flavour: str | None = None
         self.model_id: str | None = None  # the LoggedModel (traces link to it)
@@ -180,6 +182,8 @@ class ServedModel:
         except Exception as exc:  # reported by /health and 503s, not a crash
             self.load_error = without_credentials(f"{type(exc).__name__}: {exc}")[:500]
             logger.exception("Loading %s failed", self.model_uri)
+            if self.on_load_error is not None:
+                self.on_load_error()
 
     def predict(self, payload: dict[str, Any]) -> list[Any]:
         with self.serial:
