@@ -82,6 +82,20 @@ def test_construction_is_deterministic_sharded_and_loads_in_transformers(small_b
     assert out.shape == (1, 6)
 
 
+def test_the_stand_in_goes_through_the_onnx_builder_and_answers_in_onnxruntime_genai(small_build, tmp_path):
+    from chatpack.build.onnx_builder import build_onnx
+    from tests.conftest import greedy_reply
+
+    out = tmp_path / "onnx"
+    out.mkdir()
+    build_onnx(small_build, out, "int4", "cpu", tmp_path / "builder-cache")
+    genai = json.loads((out / "genai_config.json").read_text())["model"]
+    assert genai["type"] == "phi3" and genai["context_length"] == 4096
+    assert set(genai["eos_token_id"]) == {32000, 32001, 32007}
+    _, new_tokens = greedy_reply(out, "Hello", max_new=3)
+    assert new_tokens == 3  # random weights: any 3 tokens, through Phi-3's chat template
+
+
 def test_build_holds_one_shard_in_memory_not_the_model(tmp_path):
     """A 0.4 GB model written in 32 MB shards: the build's peak RSS grows by far less than the model's size."""
     script = (

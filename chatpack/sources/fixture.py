@@ -91,7 +91,7 @@ def build_tiny_phi3(out_dir: Path) -> None:
 # weights (its replies are noise; no quality figure from it means anything). Time and memory of building, quantising,
 # serving and decoding depend on the shapes, not on the values, so it stands in for the real model where no hub is.
 FULL_FIXTURE_NAME = "random-phi3-mini-4k"
-FULL_FIXTURE_VERSION = "2"  # part of the cache key, like FIXTURE_VERSION
+FULL_FIXTURE_VERSION = "3"  # part of the cache key, like FIXTURE_VERSION
 PHI3_MINI_CONFIG = dict(
     vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
     num_key_value_heads=32, max_position_embeddings=4096, original_max_position_embeddings=4096, rope_theta=10000.0,
@@ -113,7 +113,8 @@ def phi3_mini_config(**overrides):
     """Phi-3-mini-4k-instruct's config (``overrides`` shrink it for tests of the construction)."""
     from transformers import Phi3Config
 
-    return Phi3Config(**{**PHI3_MINI_CONFIG, **overrides})
+    # architectures: what the onnxruntime-genai builder (and transformers' Auto classes) read to pick the model class
+    return Phi3Config(**{**PHI3_MINI_CONFIG, **overrides}, architectures=["Phi3ForCausalLM"])
 
 
 def byte_level_bpe(base_vocab: int = BASE_VOCAB, seed: int = SEED):
