@@ -8,8 +8,8 @@ Inputs (MLproject params, same names as the flags):
   threads     compute threads for the model (ONNX: onnxruntime intra-op threads; transformers: torch threads);
               0 (default) = this machine's physical cores; the count used is logged and reported by ``/health``
   parallel    ONNX: the most requests decoding together (KV-cache rows); 0 = the model's logged value (8)
-  kv_cache_mb ONNX: the KV rows' memory budget in MB; 0 = the model's logged value (2048); ``/health`` states the
-              bytes per token and per row
+  kv_cache_mb ONNX: the KV rows' memory budget in MB; 0 = the model's logged value (0 for models logged now: half
+              the memory available at load); ``/health`` states the budget, how it was chosen and what is held
   speculate   ONNX: the longest prompt-lookup draft a lone greedy request verifies per pass; -1 = the model's
               logged value (0: off)
   compile_timeout_s ONNX: the longest a request's constraint (response_format, tools) may take to compile before

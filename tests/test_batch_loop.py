@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -162,13 +163,51 @@ def test_the_sampler_is_greedy_without_temperature_and_keeps_to_top_k_and_top_p(
     assert [same[0].choose(logits) for _ in range(20)] == [same[1].choose(logits) for _ in range(20)]
 
 
-def test_row_layout_keeps_to_the_budget_with_fewer_rows_before_short_ones():
+def test_rows_span_the_whole_context_when_the_budget_holds_one_such_row():
     small = 46_080  # the bundled model's KV bytes per token
-    assert row_layout(8, 8192, small, 2048) == (8, 5632)
-    assert row_layout(8, 2048, small, 2048) == (8, 2048)  # the whole context fits
-    big = 786_432  # Phi-3-mini's (32 layers x 32 KV heads x 96 x fp32 x 2)
-    rows, tokens = row_layout(8, 4096, big, 2048)
+    assert row_layout(8, 8192, small, 2048 * 2**20) == (8, 8192)  # address space; the batch keeps to the budget
+    big = 786_432  # Phi-3-mini's (32 layers x 32 KV heads x 96 x fp32 x 2): 3 GiB a 4,096-token row
+    assert row_layout(8, 4096, big, 4096 * big) == (8, 4096)
+    rows, tokens = row_layout(8, 4096, big, 2048 * 2**20)  # below one whole row: the old fixed layout
     assert rows * tokens * big <= 2048 * 2**20 and tokens >= 1024 and rows == 2
+
+
+def test_the_default_kv_budget_is_a_share_of_the_machines_memory_within_one_to_all_rows(monkeypatch):
+    from chatpack.engine import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 16 * 2**30)
+    row = 4096 * 786_432
+    assert memory.kv_budget_bytes(None, 8, row)[0] == 8 * 2**30  # half of 16 GiB: 2.7 whole Phi-3-mini rows
+    assert "16.0 GiB available" in memory.kv_budget_bytes(None, 8, row)[1]
+    assert memory.kv_budget_bytes(None, 2, row)[0] == 2 * row  # no more than every row needs
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**30)
+    assert memory.kv_budget_bytes(None, 8, row)[0] == row  # no less than one whole row
+    assert memory.kv_budget_bytes(512, 8, row) == (512 * 2**20, "kv_cache_mb=512")
+
+
+def test_a_request_as_long_as_the_context_joins_the_batch_by_default(onnx_dir):
+    engine = OnnxChatEngine(onnx_dir)
+    assert engine.kv.row_tokens == engine.context_length and engine.kv.rows == 8
+    prompt = engine.encode_text("word " * 800)[: engine.context_length - 8]
+    reply = engine.complete(prompt, GenerationOptions(max_tokens=4))
+    assert reply.completion_tokens == 4 and engine.stats["prompt_tokens"] >= len(prompt)
+    assert not engine.genai.loaded  # nothing needed onnxruntime-genai's generator
+
+
+def test_admission_keeps_the_kv_memory_within_its_budget_and_gives_idle_rows_back(onnx_dir):
+    long_prompt_budget = 600  # tokens; rows of the whole context are address space far beyond it
+    engine = OnnxChatEngine(onnx_dir, kv_cache_mb=1)
+    engine.batch.budget_tokens = long_prompt_budget
+    prompts = [engine.encode_text(f"{i} " + "word " * 300)[:250] for i in range(3)]
+    alone = [engine.complete(p, GenerationOptions(max_tokens=6)) for p in prompts]
+    assert engine.kv.resident_tokens <= long_prompt_budget  # the third gave back an idle row to go in
+    assert engine.stats["released_rows"] >= 1
+    # Together: two fit (250 + 6 each, with the headroom capped by max_tokens), the third waits for one to end.
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda p: engine.complete(p, GenerationOptions(max_tokens=6)), prompts))
+    assert together == alone
+    assert engine.stats["waited_for_memory"] >= 1 and engine.stats["largest_batch"] <= 2
+    assert engine.kv.resident_tokens <= long_prompt_budget
 
 
 def test_kv_memory_grows_with_the_tokens_held_not_the_budget(onnx_dir):

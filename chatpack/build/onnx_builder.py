@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from chatpack.engine.memory import available_memory
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("int4", "int8", "fp16", "fp32")
@@ -49,27 +51,6 @@ def model_parameters(hf_dir: Path) -> int | None:
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
     return total if files else None
-
-
-def available_memory() -> int:
-    """Bytes this process may still take: the kernel's MemAvailable, capped by the cgroup's limit (containers)."""
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            limit, usage = Path(limit_file).read_text().strip(), int(Path(usage_file).read_text())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 2**60:
-            available = min(available, int(limit) - usage)
-    return available
 
 
 def builder_peak_bytes(parameters: int) -> int:

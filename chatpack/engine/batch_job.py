@@ -38,6 +38,8 @@ class Job:
     next_token: int | None = None  # chosen, its KV not yet cached
     forced: list[int] = field(default_factory=list)  # tokens the constraint forces after next_token (fast-forward)
     thread: int = field(default_factory=lambda: OWNER.get() or threading.get_ident())  # see BatchLoop.cancel_thread
+    reserve: int = 0  # the KV positions it was admitted with (prompt + the first reply tokens)
+    waited: bool = False  # whether it ever waited for KV memory
 
     def put(self, piece: object) -> None:
         """Hand ``piece`` (text, or :data:`END`) to the reader with the decoder's state as of now."""

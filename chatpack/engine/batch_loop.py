@@ -40,6 +40,7 @@ from chatpack.engine.kv_rows import KvRows
 from chatpack.engine.prompt_passes import Row, common_prefix, draft_tokens, prefill_chunks, settle, unsettled
 
 logger = logging.getLogger(__name__)
+REPLY_HEADROOM = 256  # reply tokens a request is admitted with room for (its reply may grow past them: see _room)
 
 _LOOPS: weakref.WeakSet = weakref.WeakSet()
 
@@ -54,9 +55,10 @@ class BatchLoop:
     """The rows' owner thread (see the module docstring). ``speculate``: the longest draft a lone greedy request
     verifies per pass (0: off); ``fast_forward``: constrained rows take the tokens their grammar forces in a pass."""
 
-    def __init__(self, rows: KvRows, model_lock: Any, speculate: int = 0, ngram: int = 3, fast_forward: bool = True):
+    def __init__(self, rows: KvRows, model_lock: Any, speculate: int = 0, ngram: int = 3, fast_forward: bool = True,
+                 budget_tokens: int | None = None):
         self.kv, self.model_lock, self.speculate, self.ngram = rows, model_lock, speculate, ngram
-        self.fast_forward = fast_forward
+        self.fast_forward, self.budget_tokens = fast_forward, budget_tokens
         self.rows = [Row() for _ in range(rows.rows)]
         self.active = 0
         # What this model's kernels allow (KvRows.probe). Where a step's unpaired last row is computed differently,
@@ -67,7 +69,8 @@ class BatchLoop:
         self.pad_odd = not same_rows
         self.capacity = len(self.rows) - (1 if self.pad_odd and len(self.rows) % 2 else 0)
         self.stats = {"steps": 0, "rows_stepped": 0, "largest_batch": 0, "prompt_tokens": 0, "reused_tokens": 0,
-                      "settled_tokens": 0, "drafted": 0, "accepted": 0, "forced": 0, "forced_taken": 0}
+                      "settled_tokens": 0, "drafted": 0, "accepted": 0, "forced": 0, "forced_taken": 0,
+                      "waited_for_memory": 0, "released_rows": 0}
         self._waiting: list[Job] = []
         self._masker = Masker()  # constrained rows' masks, beside the model's step
         self._wake = threading.Condition()
@@ -145,12 +148,18 @@ class BatchLoop:
                 job.put(END)
                 continue
             try:
-                self._start(job)
+                if not self._start(job):  # no memory for it yet: first in line when a running row ends
+                    with self._wake:
+                        self._waiting.insert(0, job)
+                    if not job.waited:
+                        job.waited, self.stats["waited_for_memory"] = True, self.stats["waited_for_memory"] + 1
+                    return
             except Exception as exc:  # the job hears about it; the loop goes on
                 logger.exception("prefill failed")
                 self._fail(job, exc)
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job) -> bool:
+        """Prefill ``job`` into an idle row (False: not now, the KV budget is held by running rows)."""
         idle = range(self.active, len(self.rows))
         shared = {i: min(common_prefix(self.rows[i].tokens[: self.rows[i].exact], job.prompt_ids),
                          len(job.prompt_ids) - 2) if self.reuse else 0 for i in idle}  # >= 2 new: a prompt pass
@@ -158,6 +167,9 @@ class BatchLoop:
         reuse = max(shared[best], 0)
         if reuse == 0:  # nothing to reuse: take the least recently used row, keep the others' caches
             best = min(idle, key=lambda i: self.rows[i].used)
+        job.reserve = min(len(job.prompt_ids) + min(job.decoder.remaining, REPLY_HEADROOM), self.kv.row_tokens)
+        if not self._room(best, job.reserve):
+            return False
         self._swap(best, self.active)
         index, row = self.active, self.rows[self.active]
         row.job, row.tokens, row.exact, self.active = job, row.tokens[:reuse], 0, self.active + 1
@@ -173,6 +185,31 @@ class BatchLoop:
         masks.deliver()
         if self._take(index, logits) is not None:
             self._fast_forward(index)
+        return True
+
+    def _room(self, best: int, need: int) -> bool:
+        """Whether the rows' memory stays within the budget with row ``best`` holding ``need`` tokens. Idle rows'
+        memory is given back (their cached prefixes lost), least recently used first, until it does; where running
+        rows alone hold too much, False (wait for one to end), unless none runs (a request within one row always
+        goes in: the budget is at least one whole row)."""
+        if self.budget_tokens is None:
+            return True
+
+        def held() -> int:
+            running = sum(max(self.kv.touched[i], self.rows[i].job.reserve) for i in range(self.active))
+            idle = sum(self.kv.touched[i] for i in range(self.active, len(self.rows)) if i != best)
+            return running + idle + max(self.kv.touched[best], need)
+
+        spare = sorted((i for i in range(self.active, len(self.rows)) if i != best and self.kv.touched[i]),
+                       key=lambda i: self.rows[i].used)
+        if self.active and held() - sum(self.kv.touched[i] for i in spare) > self.budget_tokens:
+            return False  # giving back every idle row would not be enough: keep their prefixes and wait
+        while held() > self.budget_tokens and spare:
+            released = spare.pop(0)
+            self.kv.release(released)
+            self.rows[released].tokens, self.rows[released].exact = [], 0
+            self.stats["released_rows"] += 1
+        return True
 
     def _step(self) -> None:
         """One decode step over every active row (or a speculative pass for a lone greedy request), then a pass of

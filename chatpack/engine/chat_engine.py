@@ -33,6 +33,7 @@ from chatpack.engine.genai_model import GenaiModel
 from chatpack.engine.grammar import DEFAULT_COMPILE_SECONDS, Grammars
 from chatpack.engine.kv_rows import KvRows
 from chatpack.engine.logprobs import TokenLogprob, TokenTrack, Vocabulary
+from chatpack.engine.memory import kv_budget_bytes
 from chatpack.engine.sampler import Sampler
 from chatpack.engine.scheduler import FairLock, Pending, row_layout
 from chatpack.engine.tool_calls import CallGuard
@@ -44,7 +45,7 @@ __all__ = ["Completion", "ContextOverflow", "OnnxChatEngine", "StreamState"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KV_CACHE_MB = 2048  # the KV rows' budget (reserved, touched as rows fill up)
+DEFAULT_KV_CACHE_MB = 0  # the KV rows' memory budget; 0: from the machine's memory (chatpack.engine.memory)
 SPECULATE = 0  # the longest prompt-lookup draft a lone greedy request verifies in one pass (0: off; see README)
 
 
@@ -70,7 +71,8 @@ class OnnxChatEngine:
     """Chat replies from the onnxruntime-genai model folder ``model_dir``; ``defaults`` are the logged generation
     options (``max_new_tokens``, ``temperature``, ...), ``max_batch`` the most requests decoding together (KV rows),
     ``threads`` the intra-op threads (None: onnxruntime's default), ``kv_cache_mb`` the KV rows' memory budget
-    (:func:`~chatpack.engine.scheduler.row_layout`; ``row_tokens`` sets a row's length instead), ``speculate`` the
+    (0: from the machine's memory, :func:`~chatpack.engine.memory.kv_budget_bytes`; the layout:
+    :func:`~chatpack.engine.scheduler.row_layout`; ``row_tokens`` sets a row's length instead), ``speculate`` the
     longest prompt-lookup draft (0: off), ``compile_seconds`` the longest a constraint may take to compile."""
 
     def __init__(self, model_dir: str | Path, defaults: dict | None = None, max_batch: int = 8,
@@ -85,17 +87,22 @@ class OnnxChatEngine:
         self.grammars = Grammars(model_dir, self.kv.vocab_size, self.eos_ids, compile_seconds)
         self.defaults = dict(defaults or {})
         self.model_lock = FairLock()  # one computation at a time: a batch step, or a step of a lone generator
-        rows, fitted = row_layout(max_batch, self.context_length, self.kv.bytes_per_token, kv_cache_mb)
+        whole_row = self.context_length * self.kv.bytes_per_token
+        self.kv_budget, self.kv_budget_reason = kv_budget_bytes(kv_cache_mb, max_batch, whole_row)
+        rows, fitted = row_layout(max_batch, self.context_length, self.kv.bytes_per_token, self.kv_budget)
         row_tokens = min(row_tokens or fitted, self.context_length)
         self.kv.allocate(rows, row_tokens)
         self.max_batch = rows
-        self.batch = BatchLoop(self.kv, self.model_lock, speculate)
+        # Rows whose address space exceeds the budget are kept within it by the batch's admission.
+        budget_tokens = self.kv_budget // self.kv.bytes_per_token if self.kv.cache_bytes > self.kv_budget else None
+        self.batch = BatchLoop(self.kv, self.model_lock, speculate, budget_tokens=budget_tokens)
         self.stats = self.batch.stats
         self.native_tools = template_takes_tools(model_dir)
         self.vocabulary = Vocabulary(self.decode_ids, self.encode_text("a")[-1])
         self.default_top_k = self.genai.default_top_k
-        logger.info("KV cache: %d rows x %d tokens x %d bytes = %.0f MB at most; speculation: %s", rows, row_tokens,
-                    self.kv.bytes_per_token, self.kv.cache_bytes / 2**20, speculate or "off")
+        logger.info("KV cache: %d rows x %d tokens x %d bytes, held within %.0f MB (%s); speculation: %s", rows,
+                    row_tokens, self.kv.bytes_per_token, min(self.kv_budget, self.kv.cache_bytes) / 2**20,
+                    self.kv_budget_reason, speculate or "off")
         logger.info("Constrained decoding ready in %.2f s (compile limit %g s; tools through the chat template: %s)",
                     self.grammars.warm_up(), compile_seconds, self.native_tools)
 

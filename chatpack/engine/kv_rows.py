@@ -51,7 +51,7 @@ def last_positions_graph(model_file: Path, logits: str) -> bytes | None:
     return model.SerializeToString()
 
 
-def _lazy_zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+def _lazy_zeros(shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, mmap.mmap]:
     """A zeroed array whose memory is taken page by page as it is written (anonymous mmap, small pages).
 
     ``np.zeros`` asks for transparent huge pages on large arrays: the first token written to a row then maps (and
@@ -59,10 +59,11 @@ def _lazy_zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
     ~0.5 s and the full 2 GB for 8 fresh rows of the bundled model). With 4 kB pages a row's memory follows its tokens.
     """
     size = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
-    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    # MAP_NORESERVE: the rows are address space, not a commitment; the scheduler bounds what is written.
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0))
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         buffer.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(buffer, dtype, count=int(np.prod(shape))).reshape(shape)
+    return np.frombuffer(buffer, dtype, count=int(np.prod(shape))).reshape(shape), buffer
 
 
 class KvRows:
@@ -102,7 +103,26 @@ class KvRows:
         """(Re)make the cache: ``rows`` empty rows of ``row_tokens`` positions."""
         self.rows, self.row_tokens = rows, row_tokens
         shape = (rows, self.kv_heads, row_tokens, self.head_size)
-        self._cache = [_lazy_zeros(shape, self.dtype) for _ in self._past]
+        self._cache, self._buffers = map(list, zip(*(_lazy_zeros(shape, self.dtype) for _ in self._past)))
+        self.touched = [0] * rows  # per row: the most positions written since it was last released
+
+    def release(self, row: int) -> None:
+        """Give row ``row``'s memory back to the system (its cached tokens are lost; it reads as zeros again)."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        for cache, buffer in zip(self._cache, self._buffers):
+            row_bytes = cache[row].nbytes
+            start, end = row * row_bytes, (row + 1) * row_bytes
+            start, end = -(-start // page) * page, end // page * page  # whole pages of this row only
+            if end > start:
+                buffer.madvise(mmap.MADV_DONTNEED, start, end - start)
+        self.touched[row] = 0
+
+    @property
+    def resident_tokens(self) -> int:
+        """Positions written in all rows since they were last released: what the cache holds in memory."""
+        return sum(self.touched)
 
     @property
     def bytes_per_token(self) -> int:
@@ -123,6 +143,8 @@ class KvRows:
             raise ValueError("several new tokens per row run one row at a time")
         if max(lengths) + new > self.row_tokens:
             raise ValueError(f"a row holds {self.row_tokens} tokens; {max(lengths)} + {new} do not fit")
+        for row, length in enumerate(lengths, start=first_row):
+            self.touched[row] = max(self.touched[row], length + new)
         mask = np.zeros((count, max(lengths) + new), np.int64)
         for row, length in enumerate(lengths):
             mask[row, : length + new] = 1
@@ -157,12 +179,15 @@ class KvRows:
         for cut in (3, 17, 33):
             self.run(0, prompt[:, :cut], [0])
             splits_exact &= bool(np.array_equal(self.run(0, prompt[:, cut:], [cut])[0, -1], whole))
+        for row in range(3):
+            self.release(row)
         return bool(same_rows), splits_exact
 
     def swap_rows(self, a: int, a_length: int, b: int, b_length: int) -> None:
         """Exchange the cached tokens of rows ``a`` and ``b`` (their first ``a_length`` / ``b_length`` positions)."""
         if a == b:
             return
+        self.touched[a], self.touched[b] = max(self.touched[a], b_length), max(self.touched[b], a_length)
         for cache in self._cache:
             held = cache[a, :, :a_length].copy()
             cache[a, :, :b_length] = cache[b, :, :b_length]

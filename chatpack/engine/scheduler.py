@@ -64,11 +64,14 @@ class FairLock:
         self.release()
 
 
-def row_layout(rows: int, context_length: int, bytes_per_token: int, budget_mb: int) -> tuple[int, int]:
-    """(rows, tokens per row) of the KV cache within ``budget_mb``: ``rows`` rows (the most requests decoding
-    together) as long as each holds at least :data:`MIN_ROW_TOKENS` (or the whole context), fewer rows otherwise;
-    each row as long as the budget allows, up to the model's context (a multiple of 256 below it)."""
-    budget = budget_mb * 2**20
+def row_layout(rows: int, context_length: int, bytes_per_token: int, budget: int) -> tuple[int, int]:
+    """(rows, tokens per row) of the KV cache for a budget of ``budget`` bytes. Where the budget holds one row of
+    the model's whole context: ``rows`` such rows (the most requests decoding together; address space, of which the
+    batch keeps what is written within the budget). Below that, the old fixed layout: ``rows`` rows as long as each
+    holds at least :data:`MIN_ROW_TOKENS`, fewer rows otherwise, each as long as the budget allows (a multiple of
+    256), their sum within the budget; requests longer than a row then run alone."""
+    if budget >= context_length * bytes_per_token:
+        return rows, context_length
     floor = min(context_length, MIN_ROW_TOKENS)
     rows = max(1, min(rows, budget // (floor * bytes_per_token)))
     tokens = min(context_length, budget // (rows * bytes_per_token))

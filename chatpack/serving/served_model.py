@@ -203,7 +203,10 @@ class ServedModel:
         return {"threads": engine.threads, "parallel": kv.rows, "row_tokens": kv.row_tokens,
                 "kv_bytes_per_token": kv.bytes_per_token, "kv_mb_per_row": round(kv.row_tokens * kv.bytes_per_token
                                                                                  / 2**20, 1),
-                "kv_mb_max": round(kv.cache_bytes / 2**20), "speculate": engine.batch.speculate,
+                "kv_mb_max": round(min(kv.cache_bytes, engine.kv_budget) / 2**20),
+                "kv_mb_budget": round(engine.kv_budget / 2**20), "kv_budget_from": engine.kv_budget_reason,
+                "kv_mb_held": round(kv.resident_tokens * kv.bytes_per_token / 2**20, 1),
+                "speculate": engine.batch.speculate,
                 "prefix_reuse": engine.batch.reuse, "even_steps": engine.batch.pad_odd,
                 "batch": dict(engine.stats)}
 

@@ -45,7 +45,7 @@ CONCURRENCY_KEY = "chatpack_concurrency"  # model metadata; "batched": safe to c
 THREADS_CONFIG_KEY = "threads"  # model_config: the engine's intra-op threads (0 or unset: onnxruntime's default)
 # model_config: the continuous batch's shape (declared when logged, so that ``serve`` may override them at load time)
 # (compile_timeout_s: the longest a request's constraint may take to compile, else 400 naming the field)
-ENGINE_CONFIG = {"parallel": 8, "kv_cache_mb": 2048, "speculate": 0, "compile_timeout_s": 5.0}
+ENGINE_CONFIG = {"parallel": 8, "kv_cache_mb": 0, "speculate": 0, "compile_timeout_s": 5.0}
 FEATURES_KEY = "chatpack_features"  # model metadata: what this code implements beyond the chat basics (FEATURES)
 FEATURES = ("logprobs", "text_completion")
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")
