@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -25,6 +26,15 @@ DEFAULT_LLAMA_BUILD_DIR = Path.home() / ".cache" / "chatpack-llama-server"
 
 
 # -- statistics ------------------------------------------------------------------------------------------------------
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON to ``path`` through a temp file and a rename (a reader never sees half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def spread(values: Iterable[float | None]) -> dict[str, float | int] | None:
     """Median, min and max of the figures that exist (None = not measured); None when there are none."""
     present = [float(v) for v in values if v is not None]
