@@ -38,9 +38,10 @@ from chatpack.engine.grammar import Masker, masked
 from chatpack.engine.guidance import GuidanceError
 from chatpack.engine.kv_rows import KvRows
 from chatpack.engine.prompt_passes import Row, common_prefix, draft_tokens, prefill_chunks, settle, unsettled
+from chatpack.engine.scheduler import make_room
 
 logger = logging.getLogger(__name__)
-REPLY_HEADROOM = 256  # reply tokens a request is admitted with room for (its reply may grow past them: see _room)
+REPLY_HEADROOM = 256  # reply tokens a request is admitted with room for (its reply may grow past them)
 
 _LOOPS: weakref.WeakSet = weakref.WeakSet()
 
@@ -168,8 +169,11 @@ class BatchLoop:
         if reuse == 0:  # nothing to reuse: take the least recently used row, keep the others' caches
             best = min(idle, key=lambda i: self.rows[i].used)
         job.reserve = min(len(job.prompt_ids) + min(job.decoder.remaining, REPLY_HEADROOM), self.kv.row_tokens)
-        if not self._room(best, job.reserve):
-            return False
+        if self.budget_tokens is not None:
+            fits, released = make_room(self.kv, self.rows, self.active, best, job.reserve, self.budget_tokens)
+            self.stats["released_rows"] += released
+            if not fits:
+                return False
         self._swap(best, self.active)
         index, row = self.active, self.rows[self.active]
         row.job, row.tokens, row.exact, self.active = job, row.tokens[:reuse], 0, self.active + 1
@@ -185,30 +189,6 @@ class BatchLoop:
         masks.deliver()
         if self._take(index, logits) is not None:
             self._fast_forward(index)
-        return True
-
-    def _room(self, best: int, need: int) -> bool:
-        """Whether the rows' memory stays within the budget with row ``best`` holding ``need`` tokens. Idle rows'
-        memory is given back (their cached prefixes lost), least recently used first, until it does; where running
-        rows alone hold too much, False (wait for one to end), unless none runs (a request within one row always
-        goes in: the budget is at least one whole row)."""
-        if self.budget_tokens is None:
-            return True
-
-        def held() -> int:
-            running = sum(max(self.kv.touched[i], self.rows[i].job.reserve) for i in range(self.active))
-            idle = sum(self.kv.touched[i] for i in range(self.active, len(self.rows)) if i != best)
-            return running + idle + max(self.kv.touched[best], need)
-
-        spare = sorted((i for i in range(self.active, len(self.rows)) if i != best and self.kv.touched[i]),
-                       key=lambda i: self.rows[i].used)
-        if self.active and held() - sum(self.kv.touched[i] for i in spare) > self.budget_tokens:
-            return False  # giving back every idle row would not be enough: keep their prefixes and wait
-        while held() > self.budget_tokens and spare:
-            released = spare.pop(0)
-            self.kv.release(released)
-            self.rows[released].tokens, self.rows[released].exact = [], 0
-            self.stats["released_rows"] += 1
         return True
 
     def _step(self) -> None:

@@ -76,3 +76,28 @@ def row_layout(rows: int, context_length: int, bytes_per_token: int, budget: int
     rows = max(1, min(rows, budget // (floor * bytes_per_token)))
     tokens = min(context_length, budget // (rows * bytes_per_token))
     return rows, tokens if tokens == context_length else max(floor, tokens // 256 * 256)
+
+
+def make_room(kv: Any, rows: list[Any], active: int, best: int, need: int, budget_tokens: int) -> tuple[bool, int]:
+    """Whether the KV rows' memory (``kv.touched``: positions written per row) stays within ``budget_tokens`` with
+    row ``best`` holding ``need`` positions, and how many idle rows were given back for it. The running rows
+    (``rows[:active]``) count what they were admitted with (``job.reserve``) or what they wrote, if more. Idle rows'
+    memory is given back (their cached prefixes lost), least recently used first, until it fits; where giving back
+    every idle row would not be enough, nothing is released and the answer is False (wait for a running row to end),
+    unless none runs (a request within one row always goes in: the budget is at least one whole row)."""
+
+    def held() -> int:
+        running = sum(max(kv.touched[i], rows[i].job.reserve) for i in range(active))
+        idle = sum(kv.touched[i] for i in range(active, len(rows)) if i != best)
+        return running + idle + max(kv.touched[best], need)
+
+    spare = sorted((i for i in range(active, len(rows)) if i != best and kv.touched[i]), key=lambda i: rows[i].used)
+    if active and held() - sum(kv.touched[i] for i in spare) > budget_tokens:
+        return False, 0  # giving back every idle row would not be enough: keep their prefixes and wait
+    released = 0
+    while held() > budget_tokens and spare:
+        row = spare.pop(0)
+        kv.release(row)
+        rows[row].tokens, rows[row].exact = [], 0
+        released += 1
+    return True, released
