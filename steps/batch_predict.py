@@ -29,6 +29,7 @@ worker = host:pid of the Python worker that scored the row); metrics ``prompts``
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +42,7 @@ from steps import common
 
 STEP = "batch_predict"
 SCORED_MODEL_TAG = "chatpack.scored_model_uri"
+SPARK_MASTER = r"local(\[(\d+|\*)(,\d+)?\])?|spark://[^\s/:]+:\d+(,[^\s/:]+:\d+)*|yarn|k8s://\S+"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +66,9 @@ def _run(args: argparse.Namespace) -> None:
         raise ValueError(f"max_tokens: must be a positive integer, got {args.max_tokens}")
     if args.partitions <= 0:
         raise ValueError(f"partitions: must be a positive integer, got {args.partitions}")
+    if args.spark_master and not re.fullmatch(SPARK_MASTER, args.spark_master):
+        raise ValueError(f"spark_master: expected local, local[N], local[*], spark://HOST:PORT, yarn, k8s://URL or "
+                         f"empty (the cluster's own session), got {args.spark_master!r}")
     input_path = args.input_path or str(DEFAULT_EVAL_DATA)
     if not Path(input_path).is_file():
         raise ValueError(f"input_path: {input_path} does not exist")

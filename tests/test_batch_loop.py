@@ -204,7 +204,12 @@ def test_admission_keeps_the_kv_memory_within_its_budget_and_gives_idle_rows_bac
     assert engine.stats["released_rows"] >= 1
     # Together: two fit (250 + 6 each, with the headroom capped by max_tokens), the third waits for one to end.
     with ThreadPoolExecutor(3) as pool:
-        together = list(pool.map(lambda p: engine.complete(p, GenerationOptions(max_tokens=6)), prompts))
+        with engine.model_lock:  # all three are in line before the loop admits any
+            futures = [pool.submit(engine.complete, p, GenerationOptions(max_tokens=6)) for p in prompts]
+            deadline = time.time() + 20
+            while engine.batch.waiting < 3 and time.time() < deadline:
+                time.sleep(0.01)
+        together = [f.result(timeout=120) for f in futures]
     assert together == alone
     assert engine.stats["waited_for_memory"] >= 1 and engine.stats["largest_batch"] <= 2
     assert engine.kv.resident_tokens <= long_prompt_budget

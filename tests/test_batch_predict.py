@@ -58,6 +58,12 @@ def test_unknown_alias_is_refused_naming_the_param(onnx_uri, capsys):
     assert "model_uri: models:/no-such-model@champion" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("master", ["foo", "spark://127.0.0.1", "local[two]"])
+def test_a_malformed_spark_master_is_refused_before_spark_starts(master, capsys):
+    assert batch_predict.main(["--model_uri", "models:/m@champion", "--spark_master", master]) == 2
+    assert "spark_master: expected local, local[N]" in capsys.readouterr().err
+
+
 def test_executor_function_unpickles_without_chatpack():
     """Workers need MLflow and the pins, not this project: the function Spark ships must not reference chatpack."""
     from pyspark import cloudpickle
