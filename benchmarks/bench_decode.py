@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resummarise:
         out = Path(args.out)
         payload = resummarise(out)
-        out.write_text(json.dumps(payload, indent=1) + "\n")
+        common.write_json(out, payload)
         from benchmarks.report import decode_tables
 
         print(decode_tables(payload, str(out)))
@@ -281,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "replies": compare_replies(samples) if engines else {},
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1) + "\n")
+    common.write_json(out, payload)
     from benchmarks.report import decode_tables
 
     print(decode_tables(payload, str(out)))

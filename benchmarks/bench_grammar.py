@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "grammar-libs", "machine": common.machine_info(1, versions),
                "config": {"model_dir": folder.name, "rounds": args.rounds, "vocab_size": vocab}, "rows": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1) + "\n")
+    common.write_json(out, payload)
     from benchmarks.report import grammar_table
 
     print(grammar_table(payload, str(out)))

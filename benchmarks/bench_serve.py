@@ -20,7 +20,6 @@ tables from it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -402,8 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "multi_turn": [{"server": name, "rounds": figures} for name, figures in turns.items() if figures],
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1) + "\n")
+    common.write_json(out, payload)
     from benchmarks.report import serve_tables
 
     print(serve_tables(payload, str(out)))
