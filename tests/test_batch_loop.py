@@ -29,6 +29,21 @@ def engine(onnx_dir) -> OnnxChatEngine:
     return OnnxChatEngine(onnx_dir)
 
 
+@pytest.fixture(scope="module")
+def int8_dir(bundled_fetch_run) -> str:
+    """The bundled model as main's default recipe builds it (int8, block 128): its kernels multiply rows in pairs."""
+    from tests.conftest import BUNDLED_MODEL, run_fetch
+
+    run = run_fetch("--model", BUNDLED_MODEL, "--precision", "int8", "--block_size", "128", "--damage", "false")
+    return str(fetched_model(run).onnx_dir)
+
+
+@pytest.fixture(params=["int4", pytest.param("int8", marks=pytest.mark.bundled)])
+def model_dir(request) -> str:
+    """The fixture's int4 build, and an int8 build (whose prompt passes are computed in pairs of positions)."""
+    return request.getfixturevalue("onnx_dir" if request.param == "int4" else "int8_dir")
+
+
 def test_a_request_joins_a_running_batch_and_gets_its_solo_reply(engine):
     late = (chat(engine, "Paris"), GenerationOptions(max_tokens=6))
     alone = engine.complete(*late)
@@ -42,8 +57,8 @@ def test_a_request_joins_a_running_batch_and_gets_its_solo_reply(engine):
     assert engine.stats["steps"] - steps < 120 + 6  # the late request's steps were the stream's steps
 
 
-def test_a_conversation_reuses_its_cached_prefix_and_replies_as_a_cold_run(onnx_dir):
-    warm, cold = OnnxChatEngine(onnx_dir), OnnxChatEngine(onnx_dir)
+def test_a_conversation_reuses_its_cached_prefix_and_replies_as_a_cold_run(model_dir):
+    warm, cold = OnnxChatEngine(model_dir), OnnxChatEngine(model_dir)
     turns = [{"role": "system", "content": "You answer briefly. " * 20}, {"role": "user", "content": "Hi"}]
     options = GenerationOptions(max_tokens=12, logprobs=2)
     for question in ("What is two plus two?", "And three plus three?", "Thanks!"):
@@ -60,8 +75,8 @@ def test_a_conversation_reuses_its_cached_prefix_and_replies_as_a_cold_run(onnx_
     assert cold.stats["reused_tokens"] == 0
 
 
-def test_a_reply_settled_while_idle_is_reused_by_the_next_turn_exactly(onnx_dir):
-    warm, cold = OnnxChatEngine(onnx_dir), OnnxChatEngine(onnx_dir)
+def test_a_reply_settled_while_idle_is_reused_by_the_next_turn_exactly(model_dir):
+    warm, cold = OnnxChatEngine(model_dir), OnnxChatEngine(model_dir)
     turns = [{"role": "user", "content": "Tell me about the sea."}]
     options = GenerationOptions(max_tokens=40)
     first = warm.complete(warm.encode_chat(turns), options)
@@ -134,10 +149,15 @@ def test_prefill_never_runs_one_token_after_a_past_nor_128k_plus_one_tokens():
 
 
 @pytest.mark.bundled
-def test_on_the_bundled_model_any_split_of_a_prompt_gives_the_same_keys_values_and_logits(bundled_fetch_run):
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_on_the_bundled_model_any_split_of_a_prompt_gives_the_same_keys_values_and_logits(precision, request):
     from chatpack.engine.kv_rows import KvRows
 
-    rows = KvRows(fetched_model(bundled_fetch_run).onnx_dir, 1, 1024, threads=2)
+    model_dir = fetched_model(request.getfixturevalue("bundled_fetch_run")).onnx_dir if precision == "int4" else \
+        request.getfixturevalue("int8_dir")
+    rows = KvRows(model_dir, 3, 1024, threads=2)
+    # int8 multiplies rows in pairs: its steps need an even number of rows and its passes an even number of positions
+    assert rows.probe() == ((True, True) if precision == "int4" else (False, True)) and rows.paired == (precision == "int8")
     prompt = np.random.default_rng(7).integers(100, 40000, 650)
 
     def prefill(cuts: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -247,12 +267,11 @@ def test_cancelling_a_thread_frees_the_rows_of_what_it_submitted(engine):
 
 
 @pytest.mark.bundled
-def test_an_int8_model_decodes_in_even_steps_with_the_same_replies_alone_and_batched(bundled_fetch_run):
-    from tests.conftest import BUNDLED_MODEL, run_fetch
-
-    int8 = run_fetch("--model", BUNDLED_MODEL, "--precision", "int8", "--block_size", "128", "--damage", "false")
-    engine = OnnxChatEngine(fetched_model(int8).onnx_dir)
-    assert engine.batch.pad_odd and not engine.batch.reuse  # what the probe finds for the builder's int8 kernels
+def test_an_int8_model_decodes_in_even_steps_with_the_same_replies_alone_and_batched(int8_dir):
+    engine = OnnxChatEngine(int8_dir)
+    # what the probe finds for the builder's int8 kernels: steps of an even number of rows, passes of an even
+    # number of positions, and then prefixes may be reused
+    assert engine.batch.pad_odd and engine.kv.paired and engine.batch.reuse
     requests = [(chat(engine, text), GenerationOptions(max_tokens=40))
                 for text in ("Name a color.", "Why is the sky blue?", "List three fruits.")]
     alone = [engine.complete(*r) for r in requests]

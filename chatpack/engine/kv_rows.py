@@ -92,6 +92,7 @@ class KvRows:
             options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                              str(model_file.parent))
         self.sliced = graph is not None
+        self.paired = False  # odd passes get one more position (set by probe)
         self.session = ort.InferenceSession(graph or str(model_file), options, providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "position_ids" in inputs or self._past[0] not in inputs:
@@ -137,18 +138,26 @@ class KvRows:
     def run(self, first_row: int, ids: np.ndarray, lengths: list[int], every_position: bool = False) -> np.ndarray:
         """Run rows ``first_row ..`` (one per line of ``ids``, int64 [rows, new]) whose caches hold ``lengths``
         tokens; write the new tokens' keys/values after them; return the logits [rows, positions, vocab]: of the last
-        new position, or of every new one with ``every_position``."""
+        new position, or of every new one with ``every_position``.
+
+        With ``paired`` (see :meth:`probe`), a row's odd number of new positions gets one more (its last token again,
+        written past them and overwritten by the row's next pass), so that every position is computed in a pair,
+        and the sliced vocabulary projection takes two positions."""
         count, new = ids.shape
         if new > 1 and count > 1:
             raise ValueError("several new tokens per row run one row at a time")
         if max(lengths) + new > self.row_tokens:
             raise ValueError(f"a row holds {self.row_tokens} tokens; {max(lengths)} + {new} do not fit")
+        wanted, first = new, 0 if every_position or not self.sliced else new - 1
+        if self.paired and count == 1 and new % 2 and lengths[0] + new < self.row_tokens:
+            ids, new = np.concatenate([ids, ids[:, -1:]], axis=1), new + 1
+        elif self.paired and count == 1 and first:
+            first -= 1  # the vocabulary projection is a multiplication too: it takes the last two positions
         for row, length in enumerate(lengths, start=first_row):
             self.touched[row] = max(self.touched[row], length + new)
         mask = np.zeros((count, max(lengths) + new), np.int64)
         for row, length in enumerate(lengths):
             mask[row, : length + new] = 1
-        first = 0 if every_position or not self.sliced else new - 1
         logits = np.empty((count, new - first, self.vocab_size), np.float32)
         binding = self.session.io_binding()
         binding.bind_cpu_input(self._ids, np.ascontiguousarray(ids, np.int64))
@@ -161,19 +170,22 @@ class KvRows:
             binding.bind_ortvalue_output(present, value)  # the same buffer: GQA writes the new entries in place
         binding.bind_output(self._logits, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self.session.run_with_iobinding(binding)
-        return logits
+        return logits[:, : wanted - first]
 
     def probe(self) -> tuple[bool, bool]:
         """(a decode step computes every row the same whatever the number of rows, prompt passes compute a position
         the same however the prompt is split): what the batch may rely on for this model and build. Both hold for the
-        builder's int4 models on onnxruntime 1.32 CPU; its int8 ones compute a step's rows in pairs and an unpaired
-        last row differently (up to ~1.1 in a logit), and prompt passes likewise. Uses rows 0-2 (3 rows needed) and
-        leaves them empty."""
-        prompt = np.arange(100, 140)[None]
+        builder's int4 models on onnxruntime 1.32 CPU. Its int8 ones (MatMulNBits with 8 bits) multiply activation
+        rows in pairs and an unpaired last row differently (up to ~2 in a logit), whichever row it is paired with:
+        their decode steps then need an even number of rows (the batch's job), and their prompt passes an even number
+        of positions, which sets ``paired`` for :meth:`run`; the split check runs after that. Uses rows 0-2 (3 rows
+        needed) and leaves them empty."""
+        self.paired, prompt = False, np.arange(100, 140)[None]
         for row in range(3):
             self.run(row, prompt, [0])
         steps = [self.run(0, np.full((count, 1), 7), [40] * count)[:, 0].copy() for count in (1, 2, 3)]
         same_rows = np.array_equal(steps[0][0], steps[1][0]) and np.array_equal(steps[2][2], steps[2][0])
+        self.paired = not same_rows
         whole = self.run(0, prompt, [0])[0, -1].copy()
         splits_exact = True
         for cut in (3, 17, 33):
