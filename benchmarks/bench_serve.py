@@ -8,6 +8,9 @@ Workloads, each sequential (1 client) and with ``--clients`` concurrent clients:
 
 * ``uniform``: short prompts, greedy, whole replies (not streamed);
 * ``mixed``: half streamed, a third sampled with a per-request seed, a quarter of prompts long (~330 tokens);
+* ``agent`` (opt-in, ``--workloads``): what agent frameworks send: a third ``json_schema`` structured outputs, a third
+  tool calls with ``tool_choice: required``, a third plain; greedy, whole replies; every structured reply checked
+  against its schema or its tool's parameters (``structured valid``); llama-server runs with ``--jinja`` for it;
 * ``multi-turn`` (sequential): conversations whose later turns are timed against a cold request with the same
   history (a different tag at the very start of the conversation, so no server can reuse a cached prefix).
 
@@ -32,6 +35,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.client import Reply, chat
+from benchmarks.structured_cases import agent_bodies, structured_valid
 
 LONG_PROMPT = common.meeting_notes("Which item should I look at first, and why?")
 CONVERSATIONS = [
@@ -143,10 +147,11 @@ def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]
                     else "bundled GGUF not installed"
                 continue
             slots, version = str(args.clients), common.llama_server_version(binary)
+            jinja = ["--jinja"] if "agent" in args.workloads.split(",") else []  # its tools and schemas need it
             servers.append(Server(
                 "llama_server", f"llama.cpp `llama-server` (Q4_1 GGUF, {slots} slots)",
                 [binary, "-m", gguf, "-t", threads, "-tb", threads, "-np", slots, "-c", str(2048 * args.clients),
-                 "--host", "127.0.0.1", "--port", "{port}"],
+                 *jinja, "--host", "127.0.0.1", "--port", "{port}"],
                 "/health", "/v1/chat/completions", eos_counted=True, threads=f"-t {threads} -tb {threads}",
                 notes="defaults otherwise (prompt cache on)", version=version))
         elif name == "mlflow":
@@ -239,6 +244,11 @@ def load_figures(server: Server, bodies: list[dict[str, Any]], replies: list[Rep
         "mean_reply_tokens": (sum(t for t in tokens if t is not None) / len(tokens)) if tokens else None,
         "other_cpu_share": other_cpu,
     }
+    checked = [v for v in (structured_valid(b, r.text, r.extra.get("tool_calls")) if r.ok else False
+                           for b, r in zip(bodies, replies) if b.get("response_format") or b.get("tools"))]
+    if checked:
+        figures["structured_valid"] = sum(checked) / len(checked)
+        figures["structured_invalid"] = len(checked) - sum(checked)
     if alone is not None:
         for kind, pick in (("greedy", lambda b: not b.get("temperature")), ("seeded", lambda b: "seed" in b)):
             pairs = [(a, b) for body, a, b in zip(bodies, replies, alone) if pick(body) and a.ok and b and b.ok]
@@ -310,6 +320,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--think_s", type=float, default=0.0,
                    help="Multi-turn: seconds the user reads a reply before the next turn (0: the next turn at once).")
     p.add_argument("--multi_turn_only", action="store_true", help="Run only the multi-turn conversations.")
+    p.add_argument("--workloads", default="uniform,mixed",
+                   help="Comma-separated load workloads: uniform, mixed, agent (see the module docstring).")
     p.add_argument("--out", default=str(common.RESULTS / "serve.json"), help="Results JSON.")
     p.add_argument("--log_dir", default="", help="Where server logs go (default: a temporary folder).")
     return p.parse_args(argv)
@@ -322,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     common.exit_on_sigterm()
     if args.rounds < 3 or args.threads < 1 or args.clients < 2 or args.requests < args.clients:
         raise SystemExit("need --rounds >= 3, --threads >= 1, --clients >= 2, --requests >= --clients")
+    unknown = set(args.workloads.split(",")) - {"uniform", "mixed", "agent"}
+    if unknown:
+        raise SystemExit(f"--workloads: unknown {sorted(unknown)} (uniform, mixed, agent)")
     started = time.perf_counter()
     # The logged ONNX model does not declare `threads` in its config, so MLflow drops what `serve --threads` passes:
     # `chatpack` serves a copy that declares it (`chatpack_as_logged` serves the model as it is).
@@ -331,14 +346,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipping {name}: {why}", file=sys.stderr)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench-serve-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    makers = {"uniform": uniform_bodies, "mixed": mixed_bodies}
+    known = {"uniform": uniform_bodies, "mixed": mixed_bodies, "agent": agent_bodies}
+    makers = {name: known[name] for name in args.workloads.split(",")}
     rows: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     turns: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
     loads, rss = [], {}
     try:
         for s in servers:
             s.start(log_dir)
-            for body in uniform_bodies(1, 8, 10 ** 6) + mixed_bodies(3, 8, 10 ** 6):  # warm-up, not measured
+            warm_up = uniform_bodies(1, 8, 10 ** 6) + mixed_bodies(3, 8, 10 ** 6) + (
+                agent_bodies(3, 8, 10 ** 6) if "agent" in makers else [])
+            for body in warm_up:  # not measured
                 if s.streams or not body.get("stream"):
                     chat(s.url, body, args.timeout)
             s.pause()
@@ -348,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             for w, (workload, make) in enumerate(makers.items() if not args.multi_turn_only else []):
                 # Fresh prompts for every phase (the same for every server): a repeated prompt would let a server
                 # with a prompt cache skip its prefill.
-                solo = make(args.requests, args.max_tokens, (r * 4 + w * 2) * 1000)
-                loaded = make(args.requests, args.max_tokens, (r * 4 + w * 2 + 1) * 1000)
+                solo = make(args.requests, args.max_tokens, (r * 8 + w * 2) * 1000)
+                loaded = make(args.requests, args.max_tokens, (r * 8 + w * 2 + 1) * 1000)
                 for s in order:
                     if not s.streams and workload != "uniform":
                         continue
@@ -389,8 +407,10 @@ def main(argv: list[str] | None = None) -> int:
                    "timeout_s": args.timeout, "model_uri": args.model_uri,
                    "baseline_model_uri": args.baseline_model_uri or None,
                    "threads_key_added_to_a_copy": threads_key_added, "skipped": skipped,
-                   "workloads": {"uniform": "short prompts, greedy, whole replies",
-                                 "mixed": "half streamed, a third sampled with a seed, a quarter long prompts"},
+                   "workloads": {name: {"uniform": "short prompts, greedy, whole replies",
+                                        "mixed": "half streamed, a third sampled with a seed, a quarter long prompts",
+                                        "agent": "a third json_schema, a third tools (tool_choice required), a third "
+                                                 "plain; greedy, whole replies"}[name] for name in makers},
                    "conversations": len(CONVERSATIONS), "seconds": round(time.perf_counter() - started, 1)},
         "servers": {s.name: {"label": s.label, "command": [c.replace(str(common.ROOT) + "/", "")
                                                               for c in s.cmd],

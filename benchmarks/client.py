@@ -57,6 +57,10 @@ def parse_whole(reply: Reply, body: bytes) -> Reply:
         data = data[0] if isinstance(data, list) else data
         choice = data["choices"][0]
         reply.text = choice["message"]["content"] or ""
+        calls = [c.get("function") or {} for c in choice["message"].get("tool_calls") or []]
+        if calls:  # compared and validated by name and arguments (call ids differ from run to run)
+            reply.extra["tool_calls"] = [{"name": c.get("name"), "arguments": c.get("arguments")} for c in calls]
+            reply.text = reply.text or json.dumps(reply.extra["tool_calls"], sort_keys=True)
         reply.finish_reason = choice.get("finish_reason")
         _usage(reply, data.get("usage"))
     except (ValueError, KeyError, IndexError, TypeError) as exc:

@@ -123,8 +123,8 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
     servers, config = payload["servers"], payload["config"]
     by_key = {(row["server"], row["workload"], row["clients"]): row for row in payload["rows"]}
     head = ["| server | workload | clients | tok/s | x 1 client | req/s | TTFT p50 s (streamed) | latency p50 s | "
-            "latency p95 s | failures | greedy = alone | seeded = alone | reply tokens | others' CPU |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "latency p95 s | failures | greedy = alone | seeded = alone | structured valid | reply tokens | "
+            "others' CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for row in payload["rows"]:
         rounds = row["rounds"]
@@ -140,10 +140,11 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
                     f"{fmt_spread([r['latency_p95_s'] for r in rounds], 2)} | {fmt_failures(rounds)} | "
                     f"{fmt_share(_mean([r.get('greedy_identical_alone') for r in rounds]))} | "
                     f"{fmt_share(_mean([r.get('seeded_identical_alone') for r in rounds]))} | "
+                    f"{fmt_share(_mean([r.get('structured_valid') for r in rounds]))} | "
                     f"{fmt_spread([r.get('mean_reply_tokens') for r in rounds])} | "
                     f"{fmt_percent(rounds)} |")
     for name, why in (config.get("skipped") or {}).items():
-        rows.append(f"| {name} | skipped: {why} | | | | | | | | | | | | |")
+        rows.append(f"| {name} | skipped: {why} | | | | | | | | | | | | | |")
     turns = ["| server | later turn TTFT s | cold, same history TTFT s | later / cold | prompt tokens (later / cold) "
              "| failures |", "|---|---|---|---|---|---|"]
     for item in payload.get("multi_turn", []):

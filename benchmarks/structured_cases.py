@@ -1,7 +1,11 @@
 """Prompt and JSON-schema pairs with enums, nested objects, arrays, numbers and optional fields: the cases the
-constrained-decoding benchmark (``bench_constrained``) runs and the structured-output serve tests check."""
+constrained-decoding benchmark (``bench_constrained``) runs and the structured-output serve tests check; and the
+agent load ``bench_serve`` sends (structured outputs, forced tool calls, plain requests) with its validity check."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 STR, INT, NUM, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 
@@ -49,3 +53,55 @@ CASES = [
     ("What are the primary colours?", obj({"colours": {"type": "array", "items": STR, "maxItems": 3},
                                            "count": INT})),
 ]
+
+
+# -- the agent load: structured outputs, forced tool calls and plain requests, as agent frameworks send them ---------
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a fact up",
+                                           "parameters": obj({"query": STR})}},
+         {"type": "function", "function": {"name": "calculate", "description": "Evaluate an arithmetic expression",
+                                           "parameters": obj({"expression": STR})}}]
+
+
+def agent_bodies(n: int, max_tokens: int, first: int = 0) -> list[dict[str, Any]]:
+    """``n`` greedy whole-reply requests numbered from ``first`` (each prompt unique): request i is a
+    ``json_schema`` structured output when i % 3 == 0 (the cases above, strict), a tool call with
+    ``tool_choice: required`` when i % 3 == 1, and a plain short question otherwise."""
+    bodies = []
+    for i in range(n):
+        k = first + i
+        body: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0.0}
+        if i % 3 == 0:
+            prompt, schema = CASES[k % len(CASES)]
+            body.update(messages=[{"role": "user", "content": f"Question {k}. {prompt}"}],
+                        response_format={"type": "json_schema", "json_schema": {
+                            "name": "answer", "schema": schema, "strict": True}})
+        elif i % 3 == 1:
+            body.update(messages=[{"role": "user", "content": f"What is {k} times 7, and what is {k} known for?"}],
+                        tools=TOOLS, tool_choice="required")
+        else:
+            body["messages"] = [{"role": "user", "content": f"Tell me one fact about the number {k}."}]
+        bodies.append(body)
+    return bodies
+
+
+def structured_valid(body: dict[str, Any], text: str, tool_calls: list[dict[str, Any]] | None) -> bool | None:
+    """Whether a reply keeps to its request's constraint (None: the request had none): the reply parses as JSON and
+    validates against the ``json_schema``, or it holds at least one call, each to a tool the request offered, with
+    arguments that parse and validate against that tool's parameters."""
+    import jsonschema
+
+    fmt = body.get("response_format") or {}
+    try:
+        if fmt.get("type") == "json_schema":
+            jsonschema.validate(json.loads(text), fmt["json_schema"]["schema"])
+            return True
+        if body.get("tools") and body.get("tool_choice", "auto") != "none":
+            offered = {t["function"]["name"]: t["function"].get("parameters") or {} for t in body["tools"]}
+            if not tool_calls:
+                return body.get("tool_choice") == "auto"  # auto may answer in text
+            for call in tool_calls:
+                jsonschema.validate(json.loads(call["arguments"]), offered[call["name"]])
+            return True
+    except (ValueError, KeyError, TypeError, jsonschema.ValidationError):
+        return False
+    return None

@@ -137,7 +137,7 @@ def test_serve_table_failures_scaling_and_turns():
     assert "other processes used 10% (0-50%) of the CPU while we measured" in table.splitlines()[0]
     solo = _row(table, "chatpack serve", "mixed/1")
     assert solo[3] == "80.0 (70.0-90.0)" and solo[4] == "1.00" and solo[9] == "0/72"
-    assert solo[6] == "0.250 (0.200-0.300)" and solo[13] == "10% (0-50%)"
+    assert solo[6] == "0.250 (0.200-0.300)" and solo[14] == "10% (0-50%)" and solo[12] == "n/a"  # no structured
     busy = _row(table, "chatpack serve", "mixed/8")
     assert busy[3] == "88.0 (84.0-99.0)"
     assert busy[4] == "1.10 (1.10-1.20)"  # 88/80, 84/70, 99/90 per round
@@ -225,6 +225,41 @@ def test_mixed_workload_covers_every_kind():
     assert {(bool(b.get("stream")), "seed" in b, b in long) for b in bodies} == {
         (s, x, g) for s in (True, False) for x in (True, False) for g in (True, False)}
     assert len({b["seed"] for b in seeded}) == len(seeded)
+
+
+def test_agent_workload_is_thirds_of_schemas_forced_tools_and_plain_with_unique_prompts():
+    bodies = bench_serve.agent_bodies(24, 64, first=3000)
+    kinds = [("schema" if "response_format" in b else "tools" if "tools" in b else "plain") for b in bodies]
+    assert kinds.count("schema") == kinds.count("tools") == kinds.count("plain") == 8
+    assert all(b["tool_choice"] == "required" for b in bodies if "tools" in b)
+    assert all(b["temperature"] == 0.0 and not b.get("stream") for b in bodies)
+    prompts = [b["messages"][0]["content"] for b in bodies + bench_serve.agent_bodies(24, 64, first=4000)]
+    assert len(set(prompts)) == len(prompts)
+
+
+def test_structured_replies_are_checked_against_their_schema_or_tool_parameters():
+    from benchmarks.structured_cases import structured_valid
+
+    schema_body, tools_body, plain = bench_serve.agent_bodies(3, 64)
+    schema = schema_body["response_format"]["json_schema"]["schema"]  # city and country, both strings
+    assert schema == {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+                      "required": ["city", "country"]}
+    assert structured_valid(schema_body, '{"city": "Paris", "country": "France"}', None) is True
+    assert structured_valid(schema_body, '{"city": "Paris"}', None) is False  # a required key missing
+    assert structured_valid(schema_body, '{"city": "Paris", "country": ', None) is False  # cut short
+    call = {"name": "calculate", "arguments": '{"expression": "3 * 7"}'}
+    assert structured_valid(tools_body, "", [call]) is True
+    assert structured_valid(tools_body, "21", None) is False  # required: a text answer breaks the contract
+    assert structured_valid(tools_body, "", [{"name": "search", "arguments": "{}"}]) is False  # not offered
+    assert structured_valid(tools_body, "", [{**call, "arguments": '{"expression": 3}'}]) is False
+    assert structured_valid(plain, "anything", None) is None
+    whole = parse_whole(Reply(), json.dumps({"choices": [{"message": {"content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": call}]}, "finish_reason": "tool_calls"}]}).encode())
+    assert whole.ok and whole.extra["tool_calls"] == [call] and json.loads(whole.text) == [call]
+    replies = [Reply(ok=True, text='{"city": "a", "country": "b"}'), whole, Reply(ok=True, text="x")]
+    figures = bench_serve.load_figures(bench_serve.Server("s", "s", [], "/h", "/v1"), [schema_body, tools_body,
+                                                                                       plain], replies, 1.0, None)
+    assert (figures["structured_valid"], figures["structured_invalid"]) == (1.0, 0)
 
 
 def test_decode_round_figures_and_reply_comparison():
