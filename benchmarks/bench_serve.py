@@ -9,8 +9,9 @@ Workloads, each sequential (1 client) and with ``--clients`` concurrent clients:
 * ``uniform``: short prompts, greedy, whole replies (not streamed);
 * ``mixed``: half streamed, a third sampled with a per-request seed, a quarter of prompts long (~330 tokens);
 * ``agent`` (opt-in, ``--workloads``): what agent frameworks send: a third ``json_schema`` structured outputs, a third
-  tool calls with ``tool_choice: required``, a third plain; greedy, whole replies; every structured reply checked
-  against its schema or its tool's parameters (``structured valid``); llama-server runs with ``--jinja`` for it;
+  tool calls with ``tool_choice: required``, a third plain; greedy, whole replies; every structured reply that
+  ended (not cut at ``max_tokens``: those are counted apart) checked against its schema or its tool's parameters
+  (``structured valid``); llama-server runs with ``--jinja`` for it;
 * ``multi-turn`` (sequential): conversations whose later turns are timed against a cold request with the same
   history (a different tag at the very start of the conversation, so no server can reuse a cached prefix).
 
@@ -129,16 +130,18 @@ def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]
     servers, skipped = [], {}
     threads = str(args.threads)
     for name in [s for s in args.servers.split(",") if s]:
-        if name in ("chatpack", "chatpack_as_logged", "chatpack_before"):
+        if name in ("chatpack", "chatpack_as_logged", "chatpack_before", "chatpack_reuse_decoded"):
             as_logged, before = name == "chatpack_as_logged", name == "chatpack_before"
+            inexact = ["--reuse_decoded", "true"] if name == "chatpack_reuse_decoded" else []
             if before and not args.baseline_model_uri:
                 raise SystemExit("--servers chatpack_before needs --baseline_model_uri")
             uri = args.model_uri if as_logged else args.baseline_model_uri if before else args.served_model_uri
             servers.append(Server(
-                name, "`chatpack serve` (ONNX int4" + (", model as logged)" if as_logged else
-                                                       f", {args.baseline_label})" if before else ")"),
+                name, f"`chatpack serve` ({args.model_label}" + (
+                    ", model as logged)" if as_logged else f", {args.baseline_label})" if before else
+                    ", --reuse_decoded true)" if inexact else ")"),
                 [sys.executable, "-m", "steps.serve", "--model_uri", uri, "--port", "{port}",
-                 "--threads", threads, "--queue_size", str(max(64, 4 * args.clients))],
+                 "--threads", threads, "--queue_size", str(max(64, 4 * args.clients)), *inexact],
                 "/health", "/v1/chat/completions", threads=f"--threads {threads} (onnxruntime intra-op)"))
         elif name == "llama_server":
             binary, gguf = common.find_llama_server(args.llama_server or None), args.gguf or common.bundled_gguf_path()
@@ -163,7 +166,7 @@ def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]
                 notes="no streaming route: uniform workload only"))
         else:
             raise SystemExit(f"--servers: unknown server {name!r} (chatpack, chatpack_as_logged, chatpack_before, "
-                             "llama_server, mlflow)")
+                             "chatpack_reuse_decoded, llama_server, mlflow)")
     return servers, skipped
 
 
@@ -244,11 +247,15 @@ def load_figures(server: Server, bodies: list[dict[str, Any]], replies: list[Rep
         "mean_reply_tokens": (sum(t for t in tokens if t is not None) / len(tokens)) if tokens else None,
         "other_cpu_share": other_cpu,
     }
-    checked = [v for v in (structured_valid(b, r.text, r.extra.get("tool_calls")) if r.ok else False
-                           for b, r in zip(bodies, replies) if b.get("response_format") or b.get("tools"))]
-    if checked:
-        figures["structured_valid"] = sum(checked) / len(checked)
+    # Structured replies that ended (not cut at max_tokens, which no constraint can make valid) against their
+    # schema or tools; cut ones are counted apart.
+    structured = [(b, r) for b, r in zip(bodies, replies) if r.ok and (b.get("response_format") or b.get("tools"))]
+    checked = [structured_valid(b, r.text, r.extra.get("tool_calls")) for b, r in structured
+               if r.finish_reason != "length"]
+    if structured:
+        figures["structured_valid"] = sum(checked) / len(checked) if checked else None
         figures["structured_invalid"] = len(checked) - sum(checked)
+        figures["structured_cut_at_max_tokens"] = len(structured) - len(checked)
     if alone is not None:
         for kind, pick in (("greedy", lambda b: not b.get("temperature")), ("seeded", lambda b: "seed" in b)):
             pairs = [(a, b) for body, a, b in zip(bodies, replies, alone) if pick(body) and a.ok and b and b.ok]
@@ -261,7 +268,7 @@ def conversation_turns(server: Server, max_tokens: int, timeout: float, rnd: int
                        ) -> dict[str, Any]:
     """Each conversation turn by turn (streamed, greedy); every later turn is followed by a cold request with the
     same history under another tag. Returns the round's warm/cold TTFTs and failures."""
-    warm, cold, ratios, warm_prompt, cold_prompt, failures = [], [], [], [], [], {}
+    warm, cold, ratios, warm_prompt, cold_prompt, failures, texts = [], [], [], [], [], {}, []
 
     def count(reply: Reply) -> bool:
         if not reply.ok:
@@ -278,6 +285,7 @@ def conversation_turns(server: Server, max_tokens: int, timeout: float, rnd: int
             reply = chat(server.url, body, timeout)
             if not count(reply):
                 break
+            texts.append(reply.text)
             if t > 0:
                 cold_tag = {"role": "system", "content": f"[r{rnd}c{c}k] You are a concise, helpful assistant."}
                 other = chat(server.url, {**body, "messages": [cold_tag] + history}, timeout)
@@ -293,7 +301,14 @@ def conversation_turns(server: Server, max_tokens: int, timeout: float, rnd: int
             "warm_ttft_s": common.percentile(warm, 50), "cold_ttft_s": common.percentile(cold, 50),
             "warm_over_cold": common.percentile(ratios, 50),
             "warm_prompt_tokens": common.percentile([p for p in warm_prompt if p is not None], 50),
-            "cold_prompt_tokens": common.percentile([p for p in cold_prompt if p is not None], 50)}
+            "cold_prompt_tokens": common.percentile([p for p in cold_prompt if p is not None], 50),
+            "texts": texts}
+
+
+def same_conversations(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float | None:
+    """Share of turns whose reply text two servers gave alike, round by round (None: nothing to compare)."""
+    pairs = [(x, y) for ra, rb in zip(a, b) for x, y in zip(ra["texts"], rb["texts"])]
+    return sum(x == y for x, y in pairs) / len(pairs) if pairs else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -301,7 +316,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_uri", required=True, help="The ONNX pyfunc model `chatpack serve` serves.")
     p.add_argument("--servers", default="chatpack,llama_server",
                    help="Comma-separated: chatpack, chatpack_as_logged (the model without the threads key), "
-                        "llama_server, mlflow (uniform workload only).")
+                        "chatpack_reuse_decoded (serve --reuse_decoded true), llama_server, mlflow (uniform "
+                        "workload only).")
     p.add_argument("--threads", type=int, default=common.physical_cores(),
                    help="Compute threads of every server (default: physical cores).")
     p.add_argument("--clients", type=int, default=8, help="Concurrent clients (and llama-server slots).")
@@ -315,6 +331,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gguf", default="", help="GGUF for llama-server (default: the bundled SmolLM2 file).")
     p.add_argument("--baseline_model_uri", default="", help="For --servers chatpack_before: the same model logged "
                    "with an earlier commit's code (a logged model runs the code it was logged with).")
+    p.add_argument("--model_label", default="ONNX int4", help="How the tables name --model_uri's build.")
     p.add_argument("--baseline_label", default="logged before the continuous batch",
                    help="How the tables name the baseline model's code.")
     p.add_argument("--think_s", type=float, default=0.0,
@@ -419,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [{"server": name, "workload": workload, "clients": clients, "rounds": figures}
                  for (name, workload, clients), figures in rows.items()],
         "multi_turn": [{"server": name, "rounds": figures} for name, figures in turns.items() if figures],
+        # the inexact reuse's divergence: its replies against the exact default's, turn by turn, same conversations
+        "reuse_decoded_same_replies": same_conversations(turns.get("chatpack_reuse_decoded", []),
+                                                         turns.get("chatpack", [])),
     }
     out = Path(args.out)
     common.write_json(out, payload)

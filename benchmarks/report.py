@@ -140,7 +140,7 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
                     f"{fmt_spread([r['latency_p95_s'] for r in rounds], 2)} | {fmt_failures(rounds)} | "
                     f"{fmt_share(_mean([r.get('greedy_identical_alone') for r in rounds]))} | "
                     f"{fmt_share(_mean([r.get('seeded_identical_alone') for r in rounds]))} | "
-                    f"{fmt_share(_mean([r.get('structured_valid') for r in rounds]))} | "
+                    f"{fmt_structured(rounds)} | "
                     f"{fmt_spread([r.get('mean_reply_tokens') for r in rounds])} | "
                     f"{fmt_percent(rounds)} |")
     for name, why in (config.get("skipped") or {}).items():
@@ -155,6 +155,9 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
                      f"{fmt_spread([r['warm_over_cold'] for r in rounds], 2)} | "
                      f"{fmt_spread([r['warm_prompt_tokens'] for r in rounds], 0)} / "
                      f"{fmt_spread([r['cold_prompt_tokens'] for r in rounds], 0)} | {fmt_failures(rounds)} |")
+    if payload.get("reuse_decoded_same_replies") is not None:
+        turns.append(f"\n`--reuse_decoded true` gave the exact default's reply in "
+                     f"{fmt_share(payload['reuse_decoded_same_replies'])} of the turns (same conversations).")
     started = "; ".join(f"{v['label']}: `{' '.join(_short(c) for c in v['command'])}`"
                         + (f" (threads: {v['threads']}" if v.get("threads") else " (")
                         + (f"; peak RSS {v['peak_rss_mb']:.0f} MB)" if v.get("peak_rss_mb") else ")")
@@ -184,6 +187,12 @@ def grammar_table(payload: dict[str, Any], source: str = "benchmarks/results/gra
     rows = [f"| {r['constraint']} | {r['library']} | {cell(r['compile_ms'], 2)} | {cell(r['mask_us'], 0)} | "
             f"{r['tokens']}/{r['walk_tokens']} | {note(r)} |" for r in payload["rows"]]
     return "\n".join(head + rows)
+
+
+def fmt_structured(rounds: list[dict[str, Any]]) -> str:
+    """Share of ended structured replies that kept to their constraint, and how many were cut at max_tokens."""
+    cut = sum(r.get("structured_cut_at_max_tokens") or 0 for r in rounds)
+    return fmt_share(_mean([r.get("structured_valid") for r in rounds])) + (f" ({cut} cut)" if cut else "")
 
 
 def fmt_percent(rounds: list[dict[str, Any]]) -> str:

@@ -14,6 +14,10 @@ Inputs (MLproject params, same names as the flags):
               logged value (0: off)
   compile_timeout_s ONNX: the longest a request's constraint (response_format, tools) may take to compile before
               it is refused with 400 naming the field; 0 = the model's logged value (5)
+  reuse_decoded ONNX: true = a conversation's next turn reuses the previous reply's keys/values as decoded
+              (llama.cpp's reuse: faster when the next turn comes at once, but its reply may differ from a cold
+              run's); false (default) = reuse only what prompt passes computed (exact; an idle server recomputes a
+              finished reply that way within milliseconds)
   experiment  MLflow experiment that receives a trace per chat request (default ``chatpack-serve``)
   tracing     true (default) / false: record those traces at all
   trace_text  true (default) / false: record prompt and reply text in them (false: roles, options and counts only)
@@ -64,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ONNX: longest prompt-lookup draft for a lone greedy request (0: off); -1 = the model's value.")
     p.add_argument("--compile_timeout_s", type=float, default=0.0,
                    help="ONNX: seconds a constraint may take to compile (else 400); 0 = the model's logged value.")
+    p.add_argument("--reuse_decoded", type=common.str2bool, default=False,
+                   help="ONNX: let the next turn reuse a reply's keys/values as decoded (faster at once, inexact).")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                    help="MLflow experiment that receives one trace per chat request (created if missing).")
     p.add_argument("--tracing", type=common.str2bool, default=True, help="Trace each chat request in MLflow.")
@@ -146,7 +152,7 @@ def _run(args: argparse.Namespace) -> None:
     tracing = TraceSettings(args.tracing, args.experiment, args.trace_text)
     engine = {"parallel": args.parallel or None, "kv_cache_mb": args.kv_cache_mb or None,
               "speculate": None if args.speculate < 0 else args.speculate,
-              "compile_timeout_s": args.compile_timeout_s or None}
+              "compile_timeout_s": args.compile_timeout_s or None, "reuse_decoded": args.reuse_decoded or None}
     serve(args.model_uri, args.host, args.port, args.queue_size, args.threads or physical_cores(), tracing, engine,
           api_keys=keys, metrics_auth=args.metrics_auth, exit_on_load_error=args.exit_on_load_error)
 

@@ -91,6 +91,18 @@ def test_a_reply_settled_while_idle_is_reused_by_the_next_turn_exactly(model_dir
     assert again == cold.complete(ids, options)
 
 
+def test_reuse_decoded_lets_the_next_turn_at_once_reuse_the_reply_as_decoded(onnx_dir):
+    inexact = OnnxChatEngine(onnx_dir, reuse_decoded=True)
+    turns = [{"role": "user", "content": "Tell me about the sea."}]
+    options = GenerationOptions(max_tokens=40)
+    first = inexact.complete(inexact.encode_chat(turns), options)
+    turns += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And the mountains?"}]
+    ids, reused = inexact.encode_chat(turns), inexact.stats["reused_tokens"]
+    inexact.complete(ids, options)
+    assert inexact.stats["settled_tokens"] == 0  # it never needed to recompute the reply
+    assert inexact.stats["reused_tokens"] - reused >= len(inexact.encode_chat(turns[:1])) + first.completion_tokens - 2
+
+
 def test_reuse_never_takes_a_row_that_is_decoding(engine):
     ids = chat(engine, "A shared question " * 10)
     results: list = []

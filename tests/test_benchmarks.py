@@ -256,10 +256,14 @@ def test_structured_replies_are_checked_against_their_schema_or_tool_parameters(
     whole = parse_whole(Reply(), json.dumps({"choices": [{"message": {"content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": call}]}, "finish_reason": "tool_calls"}]}).encode())
     assert whole.ok and whole.extra["tool_calls"] == [call] and json.loads(whole.text) == [call]
-    replies = [Reply(ok=True, text='{"city": "a", "country": "b"}'), whole, Reply(ok=True, text="x")]
-    figures = bench_serve.load_figures(bench_serve.Server("s", "s", [], "/h", "/v1"), [schema_body, tools_body,
-                                                                                       plain], replies, 1.0, None)
-    assert (figures["structured_valid"], figures["structured_invalid"]) == (1.0, 0)
+    cut = Reply(ok=True, text='{"city": "a", "coun', finish_reason="length")  # max_tokens: counted apart
+    replies = [Reply(ok=True, text='{"city": "a", "country": "b"}'), whole, Reply(ok=True, text="x"), cut,
+               Reply(ok=True, text="no call")]
+    server = bench_serve.Server("s", "s", [], "/h", "/v1")
+    figures = bench_serve.load_figures(server, [schema_body, tools_body, plain, schema_body, tools_body], replies,
+                                       1.0, None)
+    assert (figures["structured_valid"], figures["structured_invalid"]) == (2 / 3, 1)
+    assert figures["structured_cut_at_max_tokens"] == 1
 
 
 def test_decode_round_figures_and_reply_comparison():

@@ -54,12 +54,14 @@ def _close_loops() -> None:
 
 class BatchLoop:
     """The rows' owner thread (see the module docstring). ``speculate``: the longest draft a lone greedy request
-    verifies per pass (0: off); ``fast_forward``: constrained rows take the tokens their grammar forces in a pass."""
+    verifies per pass (0: off); ``fast_forward``: constrained rows take the tokens their grammar forces in a pass;
+    ``reuse_decoded``: a later request may reuse a finished reply's keys/values as its decode steps computed them
+    (llama.cpp's way: no wait for settling, but not what a cold prompt computes, so its reply may differ)."""
 
     def __init__(self, rows: KvRows, model_lock: Any, speculate: int = 0, ngram: int = 3, fast_forward: bool = True,
-                 budget_tokens: int | None = None):
+                 budget_tokens: int | None = None, reuse_decoded: bool = False):
         self.kv, self.model_lock, self.speculate, self.ngram = rows, model_lock, speculate, ngram
-        self.fast_forward, self.budget_tokens = fast_forward, budget_tokens
+        self.fast_forward, self.budget_tokens, self.reuse_decoded = fast_forward, budget_tokens, reuse_decoded
         self.rows = [Row() for _ in range(rows.rows)]
         self.active = 0
         # What this model's kernels allow (KvRows.probe). Where a step's unpaired last row is computed differently,
@@ -304,6 +306,8 @@ class BatchLoop:
         """End row ``index``'s job and move the row to the idle region (its cache kept for reuse)."""
         row = self.rows[index]
         job, row.job, row.used = row.job, None, time.monotonic()
+        if self.reuse_decoded and self.reuse:
+            row.exact = len(row.tokens)  # reusable as decoded, not settled (inexact: an opt-in)
         self.active -= 1
         self._swap(index, self.active)
         job.put(END)

@@ -208,6 +208,9 @@ class ServedModel:
                 "kv_mb_held": round(kv.resident_tokens * kv.bytes_per_token / 2**20, 1),
                 "speculate": engine.batch.speculate,
                 "prefix_reuse": engine.batch.reuse, "even_steps": engine.batch.pad_odd,
+                # (models logged before these settings run their own code, without them)
+                "reuse_decoded": getattr(engine.batch, "reuse_decoded", False),
+                "paired_passes": getattr(kv, "paired", False),
                 "batch": dict(engine.stats)}
 
     def cancel(self, thread: int | None) -> None:

@@ -44,12 +44,22 @@ ONNX_ARTIFACT_KEY = "onnx_model"
 CONCURRENCY_KEY = "chatpack_concurrency"  # model metadata; "batched": safe to call from many threads at once
 THREADS_CONFIG_KEY = "threads"  # model_config: the engine's intra-op threads (0 or unset: onnxruntime's default)
 # model_config: the continuous batch's shape (declared when logged, so that ``serve`` may override them at load time)
-# (compile_timeout_s: the longest a request's constraint may take to compile, else 400 naming the field)
-ENGINE_CONFIG = {"parallel": 8, "kv_cache_mb": 0, "speculate": 0, "compile_timeout_s": 5.0}
+# (compile_timeout_s: the longest a request's constraint may take to compile, else 400 naming the field;
+# reuse_decoded: the next turn reuses a reply's keys/values as decoded, inexact, off by default)
+ENGINE_CONFIG = {"parallel": 8, "kv_cache_mb": 0, "speculate": 0, "compile_timeout_s": 5.0, "reuse_decoded": False}
 FEATURES_KEY = "chatpack_features"  # model metadata: what this code implements beyond the chat basics (FEATURES)
 FEATURES = ("logprobs", "text_completion")
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")
 T = TypeVar("T")
+
+
+def _config_value(value: Any, default: Any) -> Any:
+    """A model_config value as its default's type (a bool also from "true"/"false", as YAML or a CLI gives it)."""
+    if value is None:
+        return default
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+    return type(default)(value)
 
 
 def rows_of(model_input: Any) -> list[dict[str, Any]]:
@@ -77,11 +87,11 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         self.model_name = str(config.get("source_model", "onnx-chat"))
         defaults = {k: config[k] for k in GENERATION_KEYS if config.get(k) is not None}
         threads = config.get(THREADS_CONFIG_KEY)  # set at load time: load_model(uri, model_config={"threads": 2})
-        engine = {key: type(value)(config.get(key) if config.get(key) is not None else value)
-                  for key, value in ENGINE_CONFIG.items()}
+        engine = {key: _config_value(config.get(key), value) for key, value in ENGINE_CONFIG.items()}
         self.engine = OnnxChatEngine(context.artifacts[ONNX_ARTIFACT_KEY], defaults, max_batch=engine["parallel"],
                                      threads=int(threads) if threads else None, kv_cache_mb=engine["kv_cache_mb"],
-                                     speculate=engine["speculate"], compile_seconds=engine["compile_timeout_s"])
+                                     speculate=engine["speculate"], compile_seconds=engine["compile_timeout_s"],
+                                     reuse_decoded=engine["reuse_decoded"])
 
     def predict(self, context, model_input, params=None) -> list[Any]:
         requests = [parse_request(row) for row in rows_of(model_input)]  # validate every row before generating
