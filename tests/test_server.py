@@ -306,3 +306,14 @@ def test_a_non_streamed_request_whose_client_goes_away_is_cancelled(onnx_server)
             time.sleep(0.02)
         assert served.in_flight == 0 and engine.batch.active == 0
         assert engine.stats["prompt_tokens"] == prompts  # it never took a row
+
+
+def test_reuse_decoded_reaches_the_engine_from_serve_and_health_says_so(onnx_server):
+    _, uri = onnx_server
+    for setting in (None, True):
+        served = ServedModel(uri, engine={"reuse_decoded": setting})
+        with serve_in_thread(served) as base:
+            wait_for_http(base + "/health", timeout=120)
+            status, body = raw("GET", base + "/health")
+            assert status == 200 and body["compute"]["reuse_decoded"] is bool(setting)  # default: exact reuse only
+            assert body["compute"]["prefix_reuse"] is True and body["compute"]["paired_passes"] is False  # int4
