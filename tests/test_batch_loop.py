@@ -157,7 +157,8 @@ def test_on_the_bundled_model_any_split_of_a_prompt_gives_the_same_keys_values_a
         request.getfixturevalue("int8_dir")
     rows = KvRows(model_dir, 3, 1024, threads=2)
     # int8 multiplies rows in pairs: its steps need an even number of rows and its passes an even number of positions
-    assert rows.probe() == ((True, True) if precision == "int4" else (False, True)) and rows.paired == (precision == "int8")
+    assert rows.probe() == ((True, True) if precision == "int4" else (False, True))
+    assert rows.paired == (precision == "int8")
     prompt = np.random.default_rng(7).integers(100, 40000, 650)
 
     def prefill(cuts: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
