@@ -25,7 +25,9 @@ mode and round, never folded into the figures:
   its reply ends), so they join the engine's continuous batch; which mode goes first alternates by round. Aggregate
   decode tokens/s is the sum over replies of (tokens - 1), divided by (wall time from the first call to the last
   token, minus the median TTFT of the run), the same for both modes. ``largest_batch`` (``engine.stats``, reset
-  before each run) and ``mean_batch`` (rows per decode step) show the rows were batched.
+  before each run) and ``mean_batch`` (rows per decode step) show the rows were batched; both count decode steps
+  only: a constrained row's fast-forward passes run one row at a time (``steps`` and ``forced_passes`` of the run
+  are recorded too), so a constrained run whose replies the grammar forces whole may show no decode step at all.
 - **ratio**: constrained / unconstrained decode tokens/s of the same round, for alone and batch-N alike.
 - **fast-forward** (``--ff_workloads``, default ``long_keys``): each prompt constrained, alone, with the engine's
   fast-forward on and off (``engine.batch.fast_forward``, the switch ``OnnxChatEngine(fast_forward=...)`` sets,
@@ -188,19 +190,21 @@ def run_batch(engine: Any, prepared: list, rounds: int, batch: int, label: str) 
         for mode in MODES if r % 2 == 0 else MODES[::-1]:
             with engine.model_lock:  # between two loop turns: nothing is running
                 engine.stats["largest_batch"] = 0
-                steps, rows = engine.stats["steps"], engine.stats["rows_stepped"]
-            pick = 1 if mode == "constrained" else 2
+                before = {k: engine.stats[k] for k in ("steps", "rows_stepped", "forced_passes")}
+            pick = 2 if mode == "constrained" else 1  # (ids, unconstrained options, constrained options)
             start = time.perf_counter()
             with ThreadPoolExecutor(max_workers=batch) as pool:
                 samples = list(pool.map(lambda item: timed(engine, item[0], item[pick]), work))
             last = max(start + s["wall_s"] for s in samples) if samples else start
             with engine.model_lock:  # the loop's turn that ended the last reply has finished its counting
-                largest, steps = engine.stats["largest_batch"], engine.stats["steps"] - steps
-                rows = engine.stats["rows_stepped"] - rows
+                largest = engine.stats["largest_batch"]
+                steps, rows, forced = (engine.stats[k] - before[k] for k in before)
             per_round[mode].append({**batch_figures(samples, last - start), "largest_batch": largest,
-                                    "mean_batch": rows / steps if steps else None})
+                                    "mean_batch": rows / steps if steps else None, "steps": steps,
+                                    "forced_passes": forced})
         _progress(label, f"batch-{batch}", r, per_round)
-    result = summarize(per_round, ("decode_tok_s", "ttft_s", "tokens", "wall_s", "mean_batch"))
+    result = summarize(per_round, ("decode_tok_s", "ttft_s", "tokens", "wall_s", "mean_batch", "steps",
+                                   "forced_passes"))
     for mode, rows in per_round.items():
         result["summary"][mode]["largest_batch"] = max(x["largest_batch"] for x in rows)
     result["batch"], result["requests"] = batch, len(work)
