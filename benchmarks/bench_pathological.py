@@ -27,6 +27,11 @@ round:
    background requests that overlapped its compile (from its send to its first output, or to its end for a 400)
    and those that overlapped the whole request: count, failures, latency median and p95.
 
+The server's own request checks may refuse a case before anything compiles (at most 64 tools, at most 65,536
+characters of schemas and tools per request, a prompt that must fit the model's context: 100 tools' system prompt
+does not fit SmolLM2's 8,192 tokens, nor does 64 tools'); that 400 and its message are recorded like a compile
+refusal: the table's error column tells them apart. ``--enum_size 3000`` stays within the character limit.
+
 Figures are medians with min-max over the rounds (``--rounds`` >= 3); failures of background requests are counted
 by kind, never dropped. Writes ``benchmarks/results/pathological.json`` and prints a table.
 """
