@@ -36,7 +36,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.client import Reply, chat
-from benchmarks.structured_cases import agent_bodies, structured_valid
+from benchmarks.structured_cases import agent_bodies, check_reply
 
 LONG_PROMPT = common.meeting_notes("Which item should I look at first, and why?")
 CONVERSATIONS = [
@@ -250,7 +250,7 @@ def load_figures(server: Server, bodies: list[dict[str, Any]], replies: list[Rep
     # Structured replies that ended (not cut at max_tokens, which no constraint can make valid) against their
     # schema or tools; cut ones are counted apart.
     structured = [(b, r) for b, r in zip(bodies, replies) if r.ok and (b.get("response_format") or b.get("tools"))]
-    checked = [structured_valid(b, r.text, r.extra.get("tool_calls")) for b, r in structured
+    checked = [bool(check_reply(b, r.text, r.extra.get("tool_calls"))[0]) for b, r in structured
                if r.finish_reason != "length"]
     if structured:
         figures["structured_valid"] = sum(checked) / len(checked) if checked else None
@@ -259,9 +259,16 @@ def load_figures(server: Server, bodies: list[dict[str, Any]], replies: list[Rep
     if alone is not None:
         for kind, pick in (("greedy", lambda b: not b.get("temperature")), ("seeded", lambda b: "seed" in b)):
             pairs = [(a, b) for body, a, b in zip(bodies, replies, alone) if pick(body) and a.ok and b and b.ok]
-            figures[f"{kind}_identical_alone"] = (sum(a.text == b.text for a, b in pairs) / len(pairs)
+            figures[f"{kind}_identical_alone"] = (sum(same_reply(a, b) for a, b in pairs) / len(pairs)
                                                   if pairs else None)
     return figures
+
+
+def same_reply(a: Reply, b: Reply) -> bool:
+    """The same text and the same tool calls (by name and arguments: call ids differ from run to run)."""
+    def calls(r: Reply) -> list[tuple[str, str]]:
+        return [(c["function"]["name"], c["function"]["arguments"]) for c in r.extra.get("tool_calls") or []]
+    return a.text == b.text and calls(a) == calls(b)
 
 
 def conversation_turns(server: Server, max_tokens: int, timeout: float, rnd: int, think_s: float = 0.0

@@ -57,10 +57,8 @@ def parse_whole(reply: Reply, body: bytes) -> Reply:
         data = data[0] if isinstance(data, list) else data
         choice = data["choices"][0]
         reply.text = choice["message"]["content"] or ""
-        calls = [c.get("function") or {} for c in choice["message"].get("tool_calls") or []]
-        if calls:  # compared and validated by name and arguments (call ids differ from run to run)
-            reply.extra["tool_calls"] = [{"name": c.get("name"), "arguments": c.get("arguments")} for c in calls]
-            reply.text = reply.text or json.dumps(reply.extra["tool_calls"], sort_keys=True)
+        if choice["message"].get("tool_calls"):
+            reply.extra["tool_calls"] = choice["message"]["tool_calls"]
         reply.finish_reason = choice.get("finish_reason")
         _usage(reply, data.get("usage"))
     except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -73,9 +71,24 @@ def parse_whole(reply: Reply, body: bytes) -> Reply:
     return reply
 
 
+def _merge_call(reply: Reply, delta: dict[str, Any]) -> None:
+    """A streamed tool-call delta into ``reply.extra["tool_calls"]`` (name and arguments pieces joined per index);
+    ``extra["first_call_s"]``: when the first one arrived."""
+    calls = reply.extra.setdefault("tool_calls", [])
+    reply.extra.setdefault("first_call_s", time.perf_counter() - reply.start)
+    index = delta.get("index", len(calls))
+    while len(calls) <= index:
+        calls.append({"type": "function", "function": {"name": "", "arguments": ""}})
+    if delta.get("id"):
+        calls[index]["id"] = delta["id"]
+    for key in ("name", "arguments"):
+        calls[index]["function"][key] += (delta.get("function") or {}).get(key) or ""
+
+
 def parse_stream(reply: Reply, lines) -> Reply:
     """Server-sent events: ``data: {chunk}`` lines, ended by ``data: [DONE]``. A stream that ends early, carries an
-    error event, or holds a line that is not JSON is a ``broken_stream``."""
+    error event, or holds a line that is not JSON is a ``broken_stream``. Tool-call deltas are joined into
+    ``reply.extra["tool_calls"]`` (a whole reply's ``message.tool_calls`` go there too)."""
     parts: list[str] = []
     done = False
     for raw in lines:
@@ -100,6 +113,8 @@ def parse_stream(reply: Reply, lines) -> Reply:
                     reply.ttft_s = time.perf_counter() - reply.start
                 reply.pieces += 1
                 parts.append(piece)
+            for call in (choice.get("delta") or {}).get("tool_calls") or []:
+                _merge_call(reply, call)
             if choice.get("finish_reason"):
                 reply.finish_reason = choice["finish_reason"]
     reply.text = "".join(parts)

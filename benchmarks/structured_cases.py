@@ -84,24 +84,30 @@ def agent_bodies(n: int, max_tokens: int, first: int = 0) -> list[dict[str, Any]
     return bodies
 
 
-def structured_valid(body: dict[str, Any], text: str, tool_calls: list[dict[str, Any]] | None) -> bool | None:
-    """Whether a reply keeps to its request's constraint (None: the request had none): the reply parses as JSON and
-    validates against the ``json_schema``, or it holds at least one call, each to a tool the request offered, with
-    arguments that parse and validate against that tool's parameters."""
+def check_reply(body: dict[str, Any], text: str, tool_calls: list[dict[str, Any]] | None,
+                finish_reason: str | None = None) -> tuple[bool | None, str]:
+    """(valid, why not) for a reply to ``body`` (valid None: the request had no constraint). Valid: the reply parses
+    as JSON and validates against the ``json_schema``; or, with tools, it holds at least one call (OpenAI's
+    ``tool_calls`` objects), each to a tool the request offered, with arguments that parse and validate against that
+    tool's parameters (``tool_choice: auto`` may answer in text instead)."""
     import jsonschema
 
-    fmt = body.get("response_format") or {}
+    fmt, tools = body.get("response_format") or {}, body.get("tools")
     try:
+        if tools and body.get("tool_choice", "auto") != "none":
+            if not tool_calls:
+                ok = body.get("tool_choice", "auto") == "auto"
+                return ok, "" if ok else f"no tool call (finish_reason {finish_reason}, text {text[:80]!r})"
+            offered = {t["function"]["name"]: t["function"].get("parameters") or {} for t in tools}
+            for call in tool_calls:
+                name = call["function"]["name"]
+                if name not in offered:
+                    return False, f"unknown tool {name!r}"
+                jsonschema.validate(json.loads(call["function"]["arguments"]), offered[name])
+            return True, ""
         if fmt.get("type") == "json_schema":
             jsonschema.validate(json.loads(text), fmt["json_schema"]["schema"])
-            return True
-        if body.get("tools") and body.get("tool_choice", "auto") != "none":
-            offered = {t["function"]["name"]: t["function"].get("parameters") or {} for t in body["tools"]}
-            if not tool_calls:
-                return body.get("tool_choice") == "auto"  # auto may answer in text
-            for call in tool_calls:
-                jsonschema.validate(json.loads(call["arguments"]), offered[call["name"]])
-            return True
-    except (ValueError, KeyError, TypeError, jsonschema.ValidationError):
-        return False
-    return None
+            return True, ""
+    except (ValueError, KeyError, TypeError, jsonschema.ValidationError) as exc:
+        return False, f"{type(exc).__name__}: {str(exc)[:160]} (finish_reason {finish_reason})"
+    return None, ""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_decode, bench_serve, report
+from benchmarks import bench_constrained, bench_decode, bench_pathological, bench_serve, report
 from benchmarks.client import Reply, parse_stream, parse_whole
 from benchmarks.common import percentile, spread
 
@@ -238,24 +238,24 @@ def test_agent_workload_is_thirds_of_schemas_forced_tools_and_plain_with_unique_
 
 
 def test_structured_replies_are_checked_against_their_schema_or_tool_parameters():
-    from benchmarks.structured_cases import structured_valid
+    from benchmarks.structured_cases import check_reply
 
     schema_body, tools_body, plain = bench_serve.agent_bodies(3, 64)
     schema = schema_body["response_format"]["json_schema"]["schema"]  # city and country, both strings
     assert schema == {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
                       "required": ["city", "country"]}
-    assert structured_valid(schema_body, '{"city": "Paris", "country": "France"}', None) is True
-    assert structured_valid(schema_body, '{"city": "Paris"}', None) is False  # a required key missing
-    assert structured_valid(schema_body, '{"city": "Paris", "country": ', None) is False  # cut short
-    call = {"name": "calculate", "arguments": '{"expression": "3 * 7"}'}
-    assert structured_valid(tools_body, "", [call]) is True
-    assert structured_valid(tools_body, "21", None) is False  # required: a text answer breaks the contract
-    assert structured_valid(tools_body, "", [{"name": "search", "arguments": "{}"}]) is False  # not offered
-    assert structured_valid(tools_body, "", [{**call, "arguments": '{"expression": 3}'}]) is False
-    assert structured_valid(plain, "anything", None) is None
-    whole = parse_whole(Reply(), json.dumps({"choices": [{"message": {"content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": call}]}, "finish_reason": "tool_calls"}]}).encode())
-    assert whole.ok and whole.extra["tool_calls"] == [call] and json.loads(whole.text) == [call]
+    assert check_reply(schema_body, '{"city": "Paris", "country": "France"}', None) == (True, "")
+    assert check_reply(schema_body, '{"city": "Paris"}', None)[0] is False  # a required key missing
+    assert check_reply(schema_body, '{"city": "Paris", "country": ', None)[0] is False  # cut short
+    call = {"id": "c1", "type": "function", "function": {"name": "calculate", "arguments": '{"expression": "3*7"}'}}
+    assert check_reply(tools_body, "", [call]) == (True, "")
+    assert "no tool call" in check_reply(tools_body, "21", None)[1]  # required: a text answer breaks the contract
+    assert "unknown tool" in check_reply(tools_body, "", [{"function": {"name": "search", "arguments": "{}"}}])[1]
+    assert check_reply(tools_body, "", [{"function": {**call["function"], "arguments": '{"expression": 3}'}}])[0] \
+        is False
+    assert check_reply(plain, "anything", None) == (None, "")
+    whole = parse_whole(Reply(), json.dumps({"choices": [{"message": {"content": None, "tool_calls": [call]},
+                                                          "finish_reason": "tool_calls"}]}).encode())
     cut = Reply(ok=True, text='{"city": "a", "coun', finish_reason="length")  # max_tokens: counted apart
     replies = [Reply(ok=True, text='{"city": "a", "country": "b"}'), whole, Reply(ok=True, text="x"), cut,
                Reply(ok=True, text="no call")]
@@ -264,6 +264,10 @@ def test_structured_replies_are_checked_against_their_schema_or_tool_parameters(
                                        1.0, None)
     assert (figures["structured_valid"], figures["structured_invalid"]) == (2 / 3, 1)
     assert figures["structured_cut_at_max_tokens"] == 1
+    other = {**call, "id": "c9"}  # another call id, the same call: the same reply
+    assert bench_serve.same_reply(whole, Reply(ok=True, extra={"tool_calls": [other]}))
+    assert not bench_serve.same_reply(whole, Reply(ok=True, extra={"tool_calls": [
+        {"function": {"name": "calculate", "arguments": "{}"}}]}))
 
 
 def test_decode_round_figures_and_reply_comparison():
@@ -286,7 +290,8 @@ def test_decode_round_figures_and_reply_comparison():
 
 def test_benchmark_modules_import_without_side_effects():
     code = ("import os, sys; before = dict(os.environ); "
-            "import benchmarks.bench_decode, benchmarks.bench_serve, benchmarks.report, benchmarks.engines; "
+            "import benchmarks.bench_decode, benchmarks.bench_serve, benchmarks.report, benchmarks.engines, "
+            "benchmarks.bench_constrained, benchmarks.bench_pathological; "
             "assert dict(os.environ) == before, 'environment changed'; "
             "bad = [m for m in sys.modules if m == 'tests' or m.startswith(('tests.', 'mlflow', 'torch', "
             "'onnxruntime', 'transformers', 'chatpack'))]; assert not bad, bad")
@@ -320,3 +325,182 @@ def test_cpu_meter_reports_a_share():
     sum(i * i for i in range(200_000))
     share = meter.stop()
     assert share is None or 0.0 <= share <= 1.0
+
+
+def _cells(table: str, *first: str) -> list[str]:
+    """Cells of the table row whose first cells are ``first``."""
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[:len(first)] == list(first):
+            return cells
+    raise AssertionError(f"no row {first} in:\n{table}")
+
+
+def _sample(tokens, decode_s=1.0, ttft_s=0.1, wall_s=None, error=None, text="x", **extra):
+    return {"tokens": tokens, "decode_s": decode_s, "ttft_s": ttft_s, "wall_s": wall_s or ttft_s + decode_s,
+            "text": text, "finish_reason": "length", "error": error, **extra}
+
+
+def test_constrained_figures_count_failures_and_batch_wall():
+    alone = bench_constrained.alone_figures([_sample(11, 1.0, 0.1), _sample(21, 1.0, 0.3),
+                                             _sample(0, error="GuidanceError: boom")])
+    assert alone["decode_tok_s"] == pytest.approx(15.0)  # (10 + 20) / 2 s; the failed call is not in it
+    assert (alone["failures"], alone["requests"], alone["errors"]) == (1, 3, ["GuidanceError: boom"])
+    assert alone["ttft_s"] == pytest.approx(0.1)
+    batch = bench_constrained.batch_figures([_sample(17, ttft_s=0.2), _sample(17, ttft_s=0.4)], wall=2.2)
+    assert batch["decode_tok_s"] == pytest.approx(32 / (2.2 - 0.2))  # sum(tokens - 1) / (wall - median TTFT)
+    assert bench_constrained.batch_figures([_sample(0, error="x")], 1.0)["decode_tok_s"] is None
+    rounds = {"unconstrained": [{"decode_tok_s": v, "failures": 0} for v in (40.0, 50.0, 60.0)],
+              "constrained": [{"decode_tok_s": v, "failures": f} for v, f in ((20.0, 1), (50.0, 0), (None, 2))]}
+    summary = bench_constrained.summarize(rounds, ("decode_tok_s",))
+    assert summary["summary"]["constrained"]["failures"] == 3
+    assert summary["constrained_over_unconstrained"] == {"median": 0.75, "min": 0.5, "max": 1.0, "n": 2}
+    ff = bench_constrained.ff_figures([_sample(31, steps=2, forced_passes=3, forced_taken=25, wall_s=0.5),
+                                       _sample(11, steps=10, forced_passes=0, forced_taken=0, wall_s=0.5)])
+    assert (ff["passes"], ff["tokens"], ff["forced_taken"]) == (15, 42, 25)
+    assert ff["tokens_per_pass"] == pytest.approx(40 / 15)  # the first token of each reply comes from its prompt
+
+
+def _spread(*values):
+    return spread(values)
+
+
+def _part(u, c, ratio, largest=None, failures=(0, 0)):
+    modes = {}
+    for mode, tok_s, failed in (("unconstrained", u, failures[0]), ("constrained", c, failures[1])):
+        modes[mode] = {"decode_tok_s": _spread(*tok_s), "ttft_s": _spread(0.1, 0.2, 0.3), "failures": failed}
+        if largest is not None:
+            modes[mode]["largest_batch"] = largest[mode == "constrained"]
+    return {"summary": modes, "constrained_over_unconstrained": _spread(*ratio)}
+
+
+CONSTRAINED = {"workloads": {
+    "json_schema": {"alone": _part((40.0, 50.0, 45.0), (30.0, 35.0, 40.0), (0.75, 0.7, 0.89)),
+                    "batch": {**_part((100.0, 120.0, 110.0), (90.0, 90.0, 90.0), (0.9, 0.75, 0.82), (8, 8),
+                                      failures=(0, 2)), "batch": 8}},
+    "old_shape": _part((10.0, 10.0, 10.0), (5.0, 5.0, 5.0), (0.5, 0.5, 0.5))},  # written before batch-N existed
+    "fast_forward": {"long_keys": {
+        "summary": {"on": {"tokens_per_pass": _spread(4.5, 4.0, 5.0), "passes": _spread(20, 20, 20),
+                           "forced_taken": _spread(70, 70, 70), "wall_s": _spread(1.0, 1.2, 1.1), "failures": 0},
+                    "off": {"tokens_per_pass": _spread(1.0, 1.0, 1.0), "passes": _spread(90, 90, 90),
+                            "forced_taken": _spread(0, 0, 0), "wall_s": _spread(3.0, 3.3, 3.6), "failures": 0}},
+        "speedup_wall": _spread(3.0, 2.75, 3.27), "identical_replies": {"same": 18, "pairs": 18, "all": True}}}}
+
+
+def test_constrained_tables_alone_batched_and_fast_forward():
+    table = bench_constrained.table(CONSTRAINED)
+    assert _cells(table, "json_schema", "alone")[2:6] == ["45.0 (40.0-50.0)", "35.0 (30.0-40.0)", "0.75 (0.70-0.89)",
+                                                          "0.200 / 0.200"]
+    batch = _cells(table, "json_schema", "batch-8")
+    assert batch[2:4] == ["110.0 (100.0-120.0)", "90.0 (0 / 2 failed)"] and batch[6] == "8 / 8"
+    assert _cells(table, "old_shape", "alone")[2:5] == ["10.0", "5.0", "0.50"]
+    assert len([line for line in table.splitlines() if line.startswith("| old_shape")]) == 1  # no batch row
+    ff = _cells(bench_constrained.ff_table(CONSTRAINED), "long_keys")
+    assert ff[1:] == ["4.50 (4.00-5.00) / 1.00", "20 / 90", "70", "1.10 (1.00-1.20) / 3.30 (3.00-3.60)",
+                      "3.00 (2.75-3.27)", "yes (18/18)"]
+
+
+def test_constrained_arguments_and_long_keys_workload():
+    args = bench_constrained.parse_args(["--onnx_dir", "/m"])
+    assert (args.batch, args.ff_workloads, args.fast_forward) == (8, "long_keys", "on")
+    bench_constrained.check_args(args)
+    for bad, flag in ((["--rounds", "2"], "--rounds"), (["--batch", "0"], "--batch"),
+                      (["--workloads", "json_schema,nope"], "--workloads"), (["--ff_workloads", "x"], "--ff_workloads"),
+                      (["--ff_max_new_tokens", "0"], "--ff_max_new_tokens")):
+        with pytest.raises(SystemExit, match=flag):
+            bench_constrained.check_args(bench_constrained.parse_args(["--onnx_dir", "/m", *bad]))
+    with pytest.raises(SystemExit, match="--onnx_dir"):
+        bench_constrained.check_args(bench_constrained.parse_args([]))
+    bench_constrained.check_args(bench_constrained.parse_args(["--onnx_dir", "/m", "--batch", "1",
+                                                               "--ff_workloads", ""]))
+    schema = bench_constrained.LONG_KEYS_SCHEMA
+    assert len(schema["required"]) == 6 and all(25 <= len(k) <= 40 for k in schema["required"])
+    pairs = bench_constrained.requests("long_keys", 2)
+    assert len(pairs) == 2 and pairs[0][1]["response_format"]["json_schema"]["schema"] is schema
+
+
+def _depth(schema) -> int:
+    return 1 + max((_depth(s) for s in schema.get("properties", {}).values()), default=0)
+
+
+def test_pathological_cases_have_their_sizes_and_fresh_names():
+    args = bench_pathological.parse_args(["--model_uri", "models:/m-1"])
+    assert bench_pathological.check_args(args) == list(bench_pathological.CASES)
+    deep = bench_pathological.case_body("deep_nesting", args, "r0")
+    assert _depth(deep["response_format"]["json_schema"]["schema"]) == 42  # the root, 40 levels, the integer
+    assert deep["stream"] and deep["max_tokens"] == 512
+    enum = bench_pathological.case_body("large_enum", args, "r0")["response_format"]["json_schema"]["schema"]
+    assert len(set(enum["properties"]["code"]["enum"])) == 5000
+    tools = bench_pathological.case_body("many_tools", args, "r1")
+    assert tools["tool_choice"] == "required" and len(tools["tools"]) == 100
+    assert {len(t["function"]["parameters"]["required"]) for t in tools["tools"]} == {5}
+    branches = bench_pathological.case_body("many_any_of", args, "r0")["response_format"]["json_schema"]["schema"]
+    assert len(branches["properties"]["choice"]["anyOf"]) == 200
+    assert json.dumps(bench_pathological.case_body("large_enum", args, "r1")) != json.dumps(
+        bench_pathological.case_body("large_enum", args, "r0"))  # a round's names differ: no cached compile
+    for bad, flag in ((["--rounds", "1"], "--rounds"), (["--cases", "deep_nesting,odd"], "--cases"),
+                      (["--compile_timeout_s", "0"], "--compile_timeout_s"), (["--clients", "0"], "--clients")):
+        with pytest.raises(SystemExit, match=flag):
+            bench_pathological.check_args(bench_pathological.parse_args(["--model_uri", "models:/m-1", *bad]))
+    with pytest.raises(SystemExit, match="--model_uri"):
+        bench_pathological.check_args(bench_pathological.parse_args(["--model_uri", "no-such-model"]))
+
+
+def test_pathological_replies_checked_and_errors_read():
+    args = bench_pathological.parse_args(["--model_uri", "models:/m-1", "--depth", "2", "--tools", "2"])
+    deep = bench_pathological.case_body("deep_nesting", args, "r0")
+    good = Reply(ok=True, text='{"level_1_r0": {"level_2_r0": {"value": 3}}}')
+    assert bench_pathological.check_reply(deep, good) == (True, "")
+    valid, why = bench_pathological.check_reply(deep, Reply(ok=True, text='{"level_1_r0": {', finish_reason="length"))
+    assert not valid and "JSONDecodeError" in why and "length" in why
+    tools = bench_pathological.case_body("many_tools", args, "r0")
+    call = {"function": {"name": "tool_r0_001", "arguments": json.dumps(
+        {"query": "umbrella", "limit": 3, "verbose": False, "mode": "fast", "threshold": 0.5})}}
+    assert bench_pathological.check_reply(tools, Reply(ok=True, extra={"tool_calls": [call]})) == (True, "")
+    wrong = {"function": {"name": "tool_r0_009", "arguments": "{}"}}
+    assert "unknown tool" in bench_pathological.check_reply(tools, Reply(ok=True, extra={"tool_calls": [wrong]}))[1]
+    assert not bench_pathological.check_reply(tools, Reply(ok=True, text="hello"))[0]
+    refused = Reply(status=400, detail=json.dumps({"error": {"message": "tools: at most 64 tools, got 100"}}))
+    assert bench_pathological.error_message(refused) == "tools: at most 64 tools, got 100"
+    assert bench_pathological.error_message(Reply(status=400, detail="<html>")) == "<html>"
+
+
+def test_pathological_windows_summary_and_table():
+    samples = [(0.0, 1.0, None), (0.5, 1.5, None), (1.2, 2.0, None), (2.5, 3.0, "timeout"), (3.5, 4.5, None)]
+    assert bench_pathological.window_figures(samples)["requests"] == 5
+    during = bench_pathological.window_figures(samples, 1.1, 2.8)  # overlapping: 0.5-1.5, 1.2-2.0, 2.5-3.0
+    assert during == {"requests": 3, "failures": {"timeout": 1}, "p50_s": 0.8, "p95_s": 1.0}
+
+    def round_(status, latency, base, compile_p50, error="", valid=False):
+        window = {"requests": 2, "failures": {}, "p50_s": None, "p95_s": None}
+        return {"status": status, "valid": valid, "error": error, "latency_s": latency, "first_output_s": latency,
+                "background_baseline": {**window, "p50_s": base, "p95_s": base * 1.5},
+                "background_during_compile": {**window, "p50_s": compile_p50, "p95_s": compile_p50,
+                                              "failures": {"http_429": 1}},
+                "background_during_request": window}
+
+    rounds = [round_(200, 1.0, 0.3, 0.6, valid=True), round_(200, 1.2, 0.3, 0.9, valid=True),
+              round_(400, 5.0, 0.4, 0.4, error="response_format: cannot be enforced: takes more than 5 s")]
+    summary = bench_pathological.summarize(rounds)
+    assert summary["statuses"] == {"200": 2, "400": 1} and summary["valid"] == 2
+    assert summary["compile_over_baseline_p50"] == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert summary["background_during_compile"]["failures"] == 3
+    row = _cells(bench_pathological.table({"cases": {"deep_nesting": {"summary": summary}}}), "deep_nesting")
+    assert row[1:8] == ["200 x2, 400 x1", "2/3", "1.20 (1.00-5.00)", "1.20 (1.00-5.00)", "0.300 (0.300-0.400) / "
+                        "0.600 (0.400-0.900)", "0.450 (0.450-0.600) / 0.600 (0.400-0.900)", "6 (3)"]
+    assert row[8].startswith("response_format: cannot be enforced")
+
+
+def test_client_joins_streamed_tool_calls_and_keeps_whole_ones():
+    reply = parse_stream(Reply(streamed=True, start=0.0), [
+        b'data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "look"}}]}}]}',
+        b'data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\\"q\\": "}}]}}]}',
+        b'data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]}',
+        b'data: {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}', b"data: [DONE]"])
+    assert reply.ok and reply.finish_reason == "tool_calls" and reply.extra["first_call_s"] is not None
+    assert reply.extra["tool_calls"] == [{"type": "function", "id": "c1",
+                                          "function": {"name": "look", "arguments": '{"q": 1}'}}]
+    calls = [{"id": "c2", "type": "function", "function": {"name": "x", "arguments": "{}"}}]
+    whole = parse_whole(Reply(), json.dumps({"choices": [{"message": {"content": None, "tool_calls": calls},
+                                                          "finish_reason": "tool_calls"}]}).encode())
+    assert whole.ok and whole.text == "" and whole.extra["tool_calls"] == calls

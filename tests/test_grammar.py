@@ -109,9 +109,9 @@ def test_fast_forward_takes_forced_tokens_in_passes_and_replies_as_token_by_toke
         by_step = [engine.complete(*r) for r in requests]
         step_count = engine.stats["steps"] - steps
         engine.batch.fast_forward = True
-        steps, taken = engine.stats["steps"], engine.stats["forced_taken"]
+        steps, taken, passes = engine.stats["steps"], engine.stats["forced_taken"], engine.stats["forced_passes"]
         forwarded = [engine.complete(*r) for r in requests]
-        assert engine.stats["forced_taken"] - taken > 0
+        assert engine.stats["forced_taken"] - taken > 0 and engine.stats["forced_passes"] - passes > 0
         assert engine.stats["steps"] - steps < step_count
     finally:
         engine.batch.fast_forward = True

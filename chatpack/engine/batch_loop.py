@@ -73,7 +73,7 @@ class BatchLoop:
         self.capacity = len(self.rows) - (1 if self.pad_odd and len(self.rows) % 2 else 0)
         self.stats = {"steps": 0, "rows_stepped": 0, "largest_batch": 0, "prompt_tokens": 0, "reused_tokens": 0,
                       "settled_tokens": 0, "drafted": 0, "accepted": 0, "forced": 0, "forced_taken": 0,
-                      "waited_for_memory": 0, "released_rows": 0}
+                      "forced_passes": 0, "waited_for_memory": 0, "released_rows": 0}
         self._waiting: list[Job] = []
         self._masker = Masker()  # constrained rows' masks, beside the model's step
         self._wake = threading.Condition()
@@ -227,6 +227,7 @@ class BatchLoop:
         job = self.rows[index].job
         while self.rows[index].job is job and job.forced:
             self.stats["forced"] += len(job.forced)
+            self.stats["forced_passes"] += 1
             self.stats["forced_taken"] += self._draft_pass(index, job.forced)
 
     def _draft_pass(self, index: int, draft: list[int]) -> int:

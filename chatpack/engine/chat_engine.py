@@ -75,12 +75,13 @@ class OnnxChatEngine:
     :func:`~chatpack.engine.scheduler.row_layout`; ``row_tokens`` sets a row's length instead), ``speculate`` the
     longest prompt-lookup draft (0: off), ``compile_seconds`` the longest a constraint may take to compile,
     ``reuse_decoded`` lets a conversation's next turn reuse the reply as decoded (inexact; see
-    :class:`~chatpack.engine.batch_loop.BatchLoop`)."""
+    :class:`~chatpack.engine.batch_loop.BatchLoop`), ``fast_forward`` whether constrained rows take the tokens their
+    grammar forces in passes of their own."""
 
     def __init__(self, model_dir: str | Path, defaults: dict | None = None, max_batch: int = 8,
                  threads: int | None = None, kv_cache_mb: int = DEFAULT_KV_CACHE_MB, speculate: int = SPECULATE,
                  row_tokens: int | None = None, compile_seconds: float = DEFAULT_COMPILE_SECONDS,
-                 reuse_decoded: bool = False):
+                 reuse_decoded: bool = False, fast_forward: bool = True):
         self.model_dir = Path(model_dir)
         self.threads = threads
         self.genai = GenaiModel(model_dir, threads)
@@ -98,8 +99,8 @@ class OnnxChatEngine:
         self.max_batch = rows
         # Rows whose address space exceeds the budget are kept within it by the batch's admission.
         budget_tokens = self.kv_budget // self.kv.bytes_per_token if self.kv.cache_bytes > self.kv_budget else None
-        self.batch = BatchLoop(self.kv, self.model_lock, speculate, budget_tokens=budget_tokens,
-                               reuse_decoded=reuse_decoded)
+        self.batch = BatchLoop(self.kv, self.model_lock, speculate, fast_forward=fast_forward,
+                               budget_tokens=budget_tokens, reuse_decoded=reuse_decoded)
         self.stats = self.batch.stats
         self.native_tools = template_takes_tools(model_dir)
         self.vocabulary = Vocabulary(self.decode_ids, self.encode_text("a")[-1])
