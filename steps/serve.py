@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile_timeout_s", type=float, default=0.0,
                    help="ONNX: seconds a constraint may take to compile (else 400); 0 = the model's logged value.")
     p.add_argument("--reuse_decoded", type=common.str2bool, default=False,
-                   help="ONNX: let the next turn reuse a reply's keys/values as decoded (faster at once, inexact).")
+                   help="ONNX: true/false (default false): let the next turn reuse a reply's keys/values as decoded "
+                        "(faster when it comes at once, but its reply may differ from a cold run's).")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                    help="MLflow experiment that receives one trace per chat request (created if missing).")
     p.add_argument("--tracing", type=common.str2bool, default=True, help="Trace each chat request in MLflow.")
