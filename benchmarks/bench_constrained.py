@@ -261,11 +261,7 @@ def _progress(label: str, kind: str, r: int, per_round: dict[str, list[dict[str,
 
 
 def _cell(s: dict[str, float] | None, digits: int = 1) -> str:
-    if not s:
-        return "n/a"
-    if round(s["min"], digits) == round(s["max"], digits):
-        return f"{s['median']:.{digits}f}"
-    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+    return common.fmt_summary(s, digits)
 
 
 def _failed(summary: dict[str, Any]) -> str:

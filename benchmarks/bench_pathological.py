@@ -222,11 +222,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cell(s: dict[str, float] | None, digits: int = 2) -> str:
-    if not s:
-        return "n/a"
-    if round(s["min"], digits) == round(s["max"], digits):
-        return f"{s['median']:.{digits}f}"
-    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+    return common.fmt_summary(s, digits)
 
 
 def table(results: dict[str, Any]) -> str:

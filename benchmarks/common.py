@@ -43,6 +43,15 @@ def spread(values: Iterable[float | None]) -> dict[str, float | int] | None:
     return {"median": statistics.median(present), "min": min(present), "max": max(present), "n": len(present)}
 
 
+def fmt_summary(s: dict[str, float] | None, digits: int = 1) -> str:
+    """A :func:`spread` as ``median (min-max)`` (the median alone when min and max round alike); ``n/a`` for None."""
+    if not s:
+        return "n/a"
+    if round(s["min"], digits) == round(s["max"], digits):
+        return f"{s['median']:.{digits}f}"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100) of ``values``; None for no values."""
     if not values:
