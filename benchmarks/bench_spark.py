@@ -6,7 +6,7 @@
 
 Both settings score through a real ``mlflow server`` (sqlite store and proxied artifacts in a temp folder) to which the
 model is logged first, so in both every executor's Python worker loads the model from the tracking server
-(``chatpack.serving.spark_batch.score_on_spark``). Each round runs each setting once (the order alternates between
+(``chatpack.spark_scoring.score_on_spark``). Each round runs each setting once (the order alternates between
 rounds), in a fresh Spark session: a **cold** pass (what one ``batch_predict`` run pays: Python workers start, each
 loads the model; the ``spark_prompts_per_s`` it reports) and then a **warm** pass in the same session (workers and
 models already loaded: the scoring rate alone). Session start is timed apart. Every reply is compared with in-process
@@ -212,7 +212,7 @@ def others_share():
 def one_round(master: str, model_uri: str, prompts: list[dict[str, Any]], expected: dict[str, str],
               args: argparse.Namespace) -> dict[str, Any]:
     """A fresh session on ``master``: session start, then a cold and a warm pass over ``prompts``."""
-    from chatpack.serving.spark_batch import score_on_spark, spark_session
+    from chatpack.spark_scoring import score_on_spark, spark_session
 
     start = time.perf_counter()
     spark = spark_session(master)
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     from chatpack.evaluation.data import DEFAULT_EVAL_DATA
-    from chatpack.serving.spark_batch import read_prompts, score_in_process
+    from chatpack.spark_scoring import read_prompts, score_in_process
     from steps import fetch_model, log_onnx_pyfunc
 
     prompts = read_prompts(DEFAULT_EVAL_DATA)[: args.prompts]

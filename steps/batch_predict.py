@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from chatpack.serving.spark_batch import pinned_model_uri, run_batch
+    from chatpack.spark_scoring import pinned_model_uri, run_batch
 
     if args.max_tokens <= 0:
         raise ValueError(f"max_tokens: must be a positive integer, got {args.max_tokens}")

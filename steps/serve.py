@@ -32,7 +32,7 @@ is not a loopback address).
 
 Outputs: a trace per chat request in ``experiment`` of the tracking store (``MLFLOW_TRACKING_URI``), linked to the
 served LoggedModel; Prometheus metrics at ``GET /metrics``. Serves until interrupted. See
-chatpack/serving/openai_server.py for the routes.
+chatpack/serving/app.py for the routes.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from chatpack.serving.app import API_KEY_ENV, serve
 from chatpack.serving.cpus import physical_cores
-from chatpack.serving.openai_server import API_KEY_ENV, serve
+from chatpack.serving.observability.tracing import DEFAULT_EXPERIMENT, TraceSettings
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE
-from chatpack.serving.tracing import DEFAULT_EXPERIMENT, TraceSettings
 from steps import common
 
 

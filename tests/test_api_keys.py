@@ -17,9 +17,10 @@ import uvicorn
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from chatpack.serving.openai_server import API_KEY_ENV, create_app, log_auth
+from chatpack.serving.app import API_KEY_ENV, create_app
+from chatpack.serving.auth import log_auth
+from chatpack.serving.observability.tracing import TraceSettings
 from chatpack.serving.served_model import ServedModel
-from chatpack.serving.tracing import TraceSettings
 from steps import log_onnx_pyfunc
 from steps import serve as serve_step
 from tests.conftest import free_port, wait_for_http

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from chatpack.evaluation.data import DEFAULT_EVAL_DATA
-from chatpack.serving.spark_batch import executor_scorer, pinned_model_uri, read_prompts, score_in_process
+from chatpack.spark_scoring import executor_scorer, pinned_model_uri, read_prompts, score_in_process
 from steps import batch_predict, log_onnx_pyfunc
 
 pytestmark = pytest.mark.e2e

@@ -331,7 +331,7 @@ def exported_metrics() -> dict[str, str]:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from chatpack.serving.metrics import ServerMetrics
+    from chatpack.serving.observability.metrics import ServerMetrics
 
     served = SimpleNamespace(in_flight=0, model=None, load_seconds=None, queue_depth=lambda: 0)
     text = ServerMetrics(served).render().decode()
@@ -371,7 +371,7 @@ def test_adapter_rule_serves_the_hpa_metric():
 
 
 def test_serve_secret_example_has_every_key_the_deployments_read_and_no_real_value():
-    from chatpack.serving.openai_server import API_KEY_ENV
+    from chatpack.serving.app import API_KEY_ENV
 
     secret = only(SERVE / "examples" / "secret.example.yaml", "Secret")
     assert "data" not in secret, "placeholders go in stringData, readable as they are"

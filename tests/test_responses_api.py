@@ -17,8 +17,8 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
+from chatpack.serving.observability.tracing import TraceSettings
 from chatpack.serving.served_model import ServedModel
-from chatpack.serving.tracing import TraceSettings
 from steps import log_onnx_pyfunc, log_transformers
 from tests.conftest import wait_for_http
 from tests.test_serve_observability import serving, spans_by_name, traces_of
@@ -277,11 +277,12 @@ def test_errors_of_the_chat_checks_name_the_responses_path(base):
     assert message({"input": "x", "max_output_tokens": 0}).startswith("max_output_tokens: must be >= 1, got 0")
     # Refusals of a value say which value is accepted and show the one sent.
     assert message({"input": "x", "include": ["message.output_text.logprobs"]}).startswith(
-        'include: only [] is accepted, got ["message.output_text.logprobs"]')
+        "include: only [] is accepted (extra output data (logprobs, reasoning, sources) is not produced), got "
+        '["message.output_text.logprobs"]')
     assert message({"input": "x", "reasoning": {"effort": "low"}}).startswith(
-        'reasoning: only {} is accepted, got {"effort": "low"}')
-    assert message({"input": "x", "store": True}) == ("store: only false is accepted, got True: responses are not "
-                                                      "stored here (nothing can be retrieved later)")
+        'reasoning: only {} is accepted (the served models do not reason before answering), got {"effort": "low"}')
+    assert message({"input": "x", "store": True}) == ("store: only false is accepted (responses are not stored here "
+                                                      "(nothing can be retrieved later)), got True")
     assert message({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {"type": "array"}}]}
                    ).startswith("tools[0].parameters: must be a JSON schema of type 'object'")
     assert message({"input": "x", "tools": [{"type": "function", "name": "f", "defer_loading": True}]}).startswith(

@@ -16,10 +16,10 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatpack.serving.openai_server import create_app
-from chatpack.serving.request_context import RequestContext
+from chatpack.serving.app import create_app
+from chatpack.serving.observability.request_context import RequestContext
+from chatpack.serving.observability.tracing import TraceRecord, TraceSettings, phases
 from chatpack.serving.served_model import CountingLock, ServedModel
-from chatpack.serving.tracing import TraceRecord, TraceSettings, phases
 from steps import log_onnx_pyfunc, log_transformers
 from tests.conftest import free_port, wait_for_http
 from tests.test_server import MESSAGES, client, logged, raw

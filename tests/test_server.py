@@ -20,7 +20,7 @@ import uvicorn
 from mlflow.tracking import MlflowClient
 from openai import OpenAI
 
-from chatpack.serving.openai_server import create_app
+from chatpack.serving.app import create_app
 from chatpack.serving.served_model import ServedModel
 from steps import log_onnx_pyfunc, log_transformers
 from tests.conftest import free_port, wait_for_http
@@ -251,7 +251,7 @@ def test_concurrent_requests_meet_in_one_batch_with_their_solo_replies(onnx_serv
     served = ServedModel(uri, queue_size=8)
     with serve_in_thread(served) as base:
         wait_for_http(base + "/health", timeout=120)
-        engine = served.model._model_impl.python_model.engine  # the ONNX flavour's engine inside the pyfunc
+        engine = served.model.unwrap_python_model().engine  # the ONNX flavour's engine inside the pyfunc
         prompts = [[{"role": "user", "content": f"Question {i}: tell me something."}] for i in range(6)]
         api = client(base)
         solo = [api.chat.completions.create(model="m", messages=p, max_tokens=10).choices[0].message.content

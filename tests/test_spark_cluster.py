@@ -27,7 +27,7 @@ from benchmarks.bench_spark import (
     tracking_server,
 )
 from chatpack.evaluation.data import DEFAULT_EVAL_DATA
-from chatpack.serving.spark_batch import read_prompts, score_in_process
+from chatpack.spark_scoring import read_prompts, score_in_process
 from steps import batch_predict, fetch_model, log_onnx_pyfunc
 
 pytestmark = pytest.mark.spark_cluster

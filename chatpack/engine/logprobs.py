@@ -116,29 +116,3 @@ class TokenTrack:
     def cut(self, at: int) -> None:
         """The reply was cut at character ``at`` (a stop sequence): forget the tokens that start after it."""
         self._noted = [n for n in self._noted if n.start < at or n.start == n.end == at]
-
-
-def chat_logprobs(entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
-    """OpenAI's chat ``logprobs`` object (``content`` entries with ``token``, ``logprob``, ``bytes``,
-    ``top_logprobs``; ``refusal`` null), or None when none were asked for."""
-    if entries is None:
-        return None
-
-    def one(text: str, logprob: float) -> dict[str, Any]:
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
-
-    return {"content": [{**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
-                        for e in entries], "refusal": None}
-
-
-def legacy_logprobs(entries: list[TokenLogprob] | None, offset: int = 0) -> dict[str, Any] | None:
-    """The text-completions ``logprobs`` object (``tokens``, ``token_logprobs``, ``top_logprobs`` as one
-    {token: logprob} dict per token, ``text_offset`` counted from ``offset`` in the completion's text)."""
-    if entries is None:
-        return None
-    offsets, at = [], offset
-    for e in entries:
-        offsets.append(at)
-        at += len(e.token)
-    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [dict(e.top) for e in entries], "text_offset": offsets}

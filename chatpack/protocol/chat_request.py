@@ -15,12 +15,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from chatpack.protocol.errors import RequestError
+from chatpack.protocol.errors import RequestError, refuse_unless_neutral
 from chatpack.protocol.reply_format import Guidance, ReplyFormat, read_reply_format
 from chatpack.protocol.request_model import MAX_SEED, NEUTRAL_CHAT_FIELDS, ChatBody, ChatMessage, PromptBody, present
 from chatpack.protocol.validation_text import explain, shown
 
-__all__ = ["ChatRequest", "GenerationOptions", "RequestError", "choice_seed", "parse_request", "validate_body"]
+__all__ = ["ChatRequest", "GenerationOptions", "RequestError", "choice_seed", "model_payload", "parse_request",
+"validate_body"]
 _ECHOED = {"function": {"parsed_arguments"}}  # what openai's parse() adds to a call: not part of the conversation
 
 
@@ -91,16 +92,9 @@ def validate_body(body: Any) -> ChatBody | PromptBody:
         param, message = explain(exc, model)
         raise RequestError(param, message) from None
     if isinstance(request, ChatBody):
-        refuse_unimplemented(request)
+        refuse_unless_neutral({name: getattr(request, name) for name in NEUTRAL_CHAT_FIELDS}, NEUTRAL_CHAT_FIELDS,
+                              shown)
     return request
-
-
-def refuse_unimplemented(request: ChatBody) -> None:
-    """Refuse, by name, an unimplemented field (:data:`NEUTRAL_CHAT_FIELDS`) set to anything but its neutral value."""
-    for name, (neutral, allowed, why) in NEUTRAL_CHAT_FIELDS.items():
-        value = getattr(request, name)
-        if value is not None and not neutral(value):
-            raise RequestError(name, f"{name}: only {allowed} is accepted ({why}), got {shown(value)}")
 
 
 def parse_request(body: Any) -> ChatRequest:
@@ -121,6 +115,31 @@ def parse_request(body: Any) -> ChatRequest:
                                 seed=request.seed, logprobs=logprobs(request.logprobs, request.top_logprobs))
     text_completion = bool(getattr(request, "text_completion", None))
     return ChatRequest(messages, prompt, options, request.stream, reply_format, text_completion)
+
+
+def model_payload(request: ChatRequest) -> dict[str, Any]:
+    """The inverse of :func:`parse_request`: the pyfunc input for ``request`` (its messages, or its raw prompt, plus
+    only the options the caller set), as ``serve`` sends it to a model it calls through its pyfunc."""
+    o = request.options
+    payload: dict[str, Any] = {"messages": request.messages} if request.messages is not None else {
+        "prompt": request.prompt}
+    if request.text_completion:
+        payload["text_completion"] = True
+    for key, value in (("max_tokens", o.max_tokens), ("temperature", o.temperature), ("top_p", o.top_p),
+                       ("top_k", o.top_k), ("seed", o.seed)):
+        if value is not None:
+            payload[key] = value
+    if o.stop:
+        payload["stop"] = list(o.stop)
+    if o.n != 1:
+        payload["n"] = o.n
+    if o.logprobs is not None:
+        payload["logprobs"] = True
+        if o.logprobs:
+            payload["top_logprobs"] = o.logprobs
+    if request.reply_format is not None:
+        payload.update(request.reply_format.fields)  # response_format, tools, ... as the caller sent them
+    return payload
 
 
 def logprobs(asked: bool | None, top: int | None) -> int | None:

@@ -1,5 +1,7 @@
-"""The one error mapping: a bad request is a :class:`RequestError` carrying ``param`` as data, and any exception becomes
-OpenAI's error body ``{"error": {"message", "type", "param", "code"}}`` through :func:`openai_error`.
+"""The one error mapping and the one refusal of unimplemented fields: a bad request is a :class:`RequestError` carrying
+``param`` as data, and any exception becomes
+OpenAI's error body ``{"error": {"message", "type", "param", "code"}}`` through :func:`openai_error`;
+a field held at anything but its neutral value is refused by name (:class:`Neutral`).
 
 ``RequestError`` is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, so the pyfunc raises it as is and
 ``mlflow models serve`` answers HTTP 400 with its message (and ``param``). The server reads ``param`` with ``getattr``
@@ -11,6 +13,8 @@ refusing a row) is cut to a short message naming the column it names (:func:`sho
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -33,6 +37,27 @@ class RequestError(MlflowException, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # exceptions pickle by args; ours are (param, message)
         return type(self), (self.param, self.message)
+
+
+@dataclass(frozen=True)
+class Neutral:
+    """A field this server does not implement, accepted at its neutral value only (clients send the defaults
+    explicitly): ``accepts(value)`` says whether ``value`` is neutral, ``allowed`` names the neutral values in words,
+    ``why`` says why nothing else is accepted. Every API surface refuses such fields through
+    :func:`refuse_unless_neutral`, in the same words."""
+
+    accepts: Callable[[Any], bool]
+    allowed: str
+    why: str
+
+
+def refuse_unless_neutral(values: Mapping[str, Any], fields: Mapping[str, Neutral],
+                          shown: Callable[[Any], str] = repr) -> None:
+    """Raise :class:`RequestError` naming the first of ``fields`` whose value in ``values`` is set and not neutral."""
+    for name, rule in fields.items():
+        value = values.get(name)
+        if value is not None and not rule.accepts(value):
+            raise RequestError(name, f"{name}: only {rule.allowed} is accepted ({rule.why}), got {shown(value)}")
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:

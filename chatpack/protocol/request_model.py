@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from chatpack.protocol.errors import Neutral
+
 ROLES = ("system", "user", "assistant", "developer", "tool")  # developer is OpenAI's newer name for system
 MAX_STOP_SEQUENCES = 4
 MAX_N = 8
@@ -176,13 +178,13 @@ class PromptBody(_Options):
     text_completion: bool | None = None
 
 
-# ChatBody's unimplemented fields: (is the value neutral?, the neutral values in words, why nothing else is accepted).
-NEUTRAL_CHAT_FIELDS: dict[str, tuple[Any, str, str]] = {
-    "frequency_penalty": (lambda v: v == 0, "0", "penalties are not implemented here"),
-    "presence_penalty": (lambda v: v == 0, "0", "penalties are not implemented here"),
-    "logit_bias": (lambda v: not v, "{}", "logit biases are not implemented here"),
-    "store": (lambda v: v is False, "false", "replies are not stored here"),
-    "service_tier": (lambda v: v in ("auto", "default"), "'auto' or 'default'", "there is one tier"),
+# ChatBody's unimplemented fields, accepted at their neutral value only (see refuse_unless_neutral).
+NEUTRAL_CHAT_FIELDS: dict[str, Neutral] = {
+    "frequency_penalty": Neutral(lambda v: v == 0, "0", "penalties are not implemented here"),
+    "presence_penalty": Neutral(lambda v: v == 0, "0", "penalties are not implemented here"),
+    "logit_bias": Neutral(lambda v: not v, "{}", "logit biases are not implemented here"),
+    "store": Neutral(lambda v: v is False, "false", "replies are not stored here"),
+    "service_tier": Neutral(lambda v: v in ("auto", "default"), "'auto' or 'default'", "there is one tier"),
 }
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (ToolCallFunction, MessageToolCall, ChatMessage, StreamOptions, ChatBody,

@@ -8,7 +8,8 @@ are put back afterwards, while the model keeps the modules it imported from its 
 
 A transformers ``llm/v1/chat`` model is not served through its pyfunc but through the logged pipeline and
 :class:`~chatpack.serving.transformers_adapter.TransformersChat` (``stop``, context check, token streaming). Either
-way the model is wrapped in :class:`~chatpack.serving.observed_model.ObservedModel`, which notes each call on the
+way the model is wrapped in :class:`~chatpack.serving.observability.observed_model.ObservedModel`, which notes each
+call on the
 current request for traces and metrics.
 """
 
@@ -27,9 +28,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from chatpack.flavours.onnx_chat.engine_client import ENGINE_CLIENT_VERSION, EngineClient
 from chatpack.flavours.onnx_chat.pyfunc_model import CONCURRENCY_KEY, ENGINE_CONFIG, THREADS_CONFIG_KEY
-from chatpack.serving.observed_model import ObservedModel
-from chatpack.serving.request_context import ContextExecutor
+from chatpack.protocol.chat_request import ChatRequest, model_payload
+from chatpack.protocol.replies import chat_chunks, chat_reply, reply_chunks, text_chunks, text_reply
+from chatpack.serving.observability.observed_model import ObservedModel, observed_chunks, observed_replies
+from chatpack.serving.observability.request_context import ContextExecutor
 from chatpack.serving.transformers_adapter import FLAVOUR as TRANSFORMERS
 from chatpack.serving.transformers_adapter import TransformersChat
 
@@ -122,6 +126,20 @@ def load_model(model_uri: str, threads: int | None = None, engine: dict[str, int
     return model, "onnx" if batched else next(iter(set(meta.flavors) - {"python_function"}), "pyfunc"), meta
 
 
+def engine_client(model: Any) -> tuple[Any, Any]:
+    """(the typed engine client, the engine's state view) of a loaded model, through MLflow's public
+    ``unwrap_python_model()``: the client when the model's :data:`ENGINE_CLIENT_VERSION` is the server's (else None:
+    the model is called through its pyfunc); the view also for an ONNX model logged before the client existed (the
+    server's :class:`EngineClient` over its engine, read for ``/health``, cancelling and queue depth only)."""
+    unwrap = getattr(model, "unwrap_python_model", None)
+    python_model = unwrap() if unwrap is not None else None
+    client = getattr(python_model, "engine_client", None)
+    if client is not None and getattr(client, "version", None) == ENGINE_CLIENT_VERSION:
+        return client, client
+    engine = getattr(python_model, "engine", None)
+    return None, (EngineClient(engine) if engine is not None and hasattr(engine, "kv") else None)
+
+
 class CountingLock:
     """A lock that knows how many threads wait for it (the queue of a model that answers one request at a time)."""
 
@@ -155,6 +173,8 @@ class ServedModel:
         self.threads, self.engine_settings = threads, dict(engine or {})
         self.on_load_error = on_load_error
         self.model: Any = None
+        self.client: Any = None  # the ONNX model's typed engine client, when its version is the server's
+        self.engine_view: Any = None  # the ONNX engine's state (/health, cancelling, queue depth), any version
         self.flavour: str | None = None
         self.model_id: str | None = None  # the LoggedModel (traces link to it)
         self.streamable = False
@@ -174,6 +194,7 @@ class ServedModel:
                 meta.flavors.get("python_function", {}).get("streamable"))
             if (meta.metadata or {}).get(CONCURRENCY_KEY) == "batched":
                 self.serial = contextlib.nullcontext()
+            self.client, self.engine_view = engine_client(model)
             self.load_seconds = time.perf_counter() - start
             self.model = ObservedModel(model, self.flavour)  # last: requests are admitted from here on
             logger.info("Loaded %s (%s) in %.1f s (streaming: %s, concurrent: %s); compute: %s", self.model_uri,
@@ -185,47 +206,61 @@ class ServedModel:
             if self.on_load_error is not None:
                 self.on_load_error()
 
-    def predict(self, payload: dict[str, Any]) -> list[Any]:
+    # -- answering a parsed request (what the routes call, on the executor) ----------------------------------------
+    def reply(self, request: ChatRequest) -> dict[str, Any]:
+        """The model's whole reply to ``request``: a ``chat.completion`` (raw-prompt form with ``text_completion``:
+        a ``text_completion``) with ``model`` set to the served name."""
+        return self.replies([request])[0]
+
+    def replies(self, requests: list[ChatRequest]) -> list[dict[str, Any]]:
+        """The replies to several requests sent together (they decode together on the ONNX engine). With the typed
+        engine client the parsed requests go to it as they are; any other model gets them as pyfunc input."""
+        payloads = [model_payload(r) for r in requests]
+        payload = payloads[0] if len(payloads) == 1 else payloads
+        if self.client is not None:
+            def typed() -> list[dict[str, Any]]:
+                completions = self.client.complete_many(requests)
+                return [(text_reply if r.prompt is not None else chat_reply)(self.name, c)
+                        for r, c in zip(requests, completions)]
+
+            return observed_replies(self.flavour, payload, typed)
         with self.serial:
-            return self.model.predict(payload)
+            replies = self.model.predict(payload)
+        return [{**reply, "model": self.name} if isinstance(reply, dict) else reply for reply in replies]
+
+    def stream(self, request: ChatRequest) -> Iterator[dict[str, Any]]:
+        """The model's reply to ``request`` as ``chat.completion.chunk`` dicts (``text_completion`` chunks for the
+        raw-prompt form): from the typed engine client, or the model's ``predict_stream``; a model without one: its
+        whole reply as three chunks. The caller holds :attr:`serial`."""
+        payload = model_payload(request)
+        if self.client is not None:
+            chunks = text_chunks if request.prompt is not None else chat_chunks
+            return observed_chunks(self.flavour, payload, chunks(self.name, self.client.stream(request)))
+        if self.streamable:
+            return self.model.predict_stream(payload)
+        return iter(reply_chunks(self.model.predict(payload)[0], self.name))
 
     @property
     def engine(self) -> Any:
         """The ONNX pyfunc's chat engine (None for other models)."""
-        return getattr(getattr(getattr(self.model, "_model_impl", None), "python_model", None), "engine", None)
+        return getattr(self.engine_view, "engine", None)
 
     def describe(self) -> dict[str, Any]:
-        """What ``/health`` reports of the model's compute: threads, and for the ONNX engine its KV rows."""
-        engine = self.engine
-        if engine is None or not hasattr(engine, "kv"):
-            return {"threads": self.threads}
-        kv = engine.kv
-        return {"threads": engine.threads, "parallel": kv.rows, "row_tokens": kv.row_tokens,
-                "kv_bytes_per_token": kv.bytes_per_token, "kv_mb_per_row": round(kv.row_tokens * kv.bytes_per_token
-                                                                                 / 2**20, 1),
-                "kv_mb_max": round(min(kv.cache_bytes, engine.kv_budget) / 2**20),
-                "kv_mb_budget": round(engine.kv_budget / 2**20), "kv_budget_from": engine.kv_budget_reason,
-                "kv_mb_held": round(kv.resident_tokens * kv.bytes_per_token / 2**20, 1),
-                "speculate": engine.batch.speculate,
-                "prefix_reuse": engine.batch.reuse, "even_steps": engine.batch.pad_odd,
-                # (models logged before these settings run their own code, without them)
-                "reuse_decoded": getattr(engine.batch, "reuse_decoded", False),
-                "paired_passes": getattr(kv, "paired", False),
-                "batch": dict(engine.stats)}
+        """What ``/health`` reports of the model's compute: threads, and for the ONNX engine its KV rows and batch."""
+        return self.engine_view.stats() if self.engine_view is not None else {"threads": self.threads}
 
     def cancel(self, thread: int | None) -> None:
         """Cancel what the model is doing for the executor thread ``thread`` (the ONNX engine's batch rows of the
         requests that thread submitted; nothing for other models)."""
-        batch = getattr(self.engine, "batch", None)
-        if thread is not None and hasattr(batch, "cancel_thread"):
-            batch.cancel_thread(thread)
+        if thread is not None and self.engine_view is not None:
+            self.engine_view.cancel(thread)
 
     def queue_depth(self) -> int:
         """Admitted requests waiting for the model: for one-at-a-time models those waiting for it, for the ONNX
         engine those waiting for a row of its batch."""
         if isinstance(self.serial, CountingLock):
             return self.serial.waiting
-        return int(getattr(getattr(self.engine, "batch", None), "waiting", 0) or 0)
+        return self.engine_view.queue_depth() if self.engine_view is not None else 0
 
     def admit(self) -> bool:
         with self._count_lock:

@@ -32,7 +32,7 @@ from chatpack.engine.decode_step import RowDecoder, StreamState
 from chatpack.protocol.chat_request import GenerationOptions, parse_request
 from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import chat_chunk, chat_completion, completion_id, usage
-from chatpack.serving.request_context import mark
+from chatpack.serving.observability.request_context import mark
 
 logger = logging.getLogger(__name__)
 

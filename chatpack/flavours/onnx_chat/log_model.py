@@ -36,7 +36,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder holding ``chatp
 # What a logged model runs, and nothing else: the request model and response shapes, the engine, the PythonModel.
 RUNTIME_PACKAGES = ("chatpack/protocol", "chatpack/engine")
 RUNTIME_FILES = ("chatpack/__init__.py", "chatpack/flavours/__init__.py", "chatpack/flavours/onnx_chat/__init__.py",
-                 "chatpack/flavours/onnx_chat/pyfunc_model.py")
+                 "chatpack/flavours/onnx_chat/pyfunc_model.py", "chatpack/flavours/onnx_chat/engine_client.py")
 
 # Fields of MLflow's chat schema that the request models refuse by name. Declared anyway: MLflow drops undeclared
 # fields silently, declared ones reach the model, which answers 400 naming them. (``frequency_penalty`` and

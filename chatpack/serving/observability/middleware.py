@@ -1,10 +1,13 @@
 """The ASGI middleware that watches every request ``serve`` answers: Prometheus metrics and MLflow traces.
 
-For each HTTP request it opens a :class:`~chatpack.serving.request_context.RequestContext` (the current one while
+For each HTTP request it opens a :class:`~chatpack.serving.observability.request_context.RequestContext` (the current
+one while
 the request is answered, also in the threads that generate its reply), notes the response status and, for errors, the
-message sent; once the last byte has gone out it counts the request in :class:`~chatpack.serving.metrics.
-ServerMetrics` and hands every request that runs the model (``POST`` to one of :data:`TRACED_ROUTES`: chat
-completions, text completions, responses) to the :class:`~chatpack.serving.trace_export.TraceExporter`, except a 401
+message sent; once the last byte has gone out it counts the request in :class:`~chatpack.serving.observability.metrics.
+ServerMetrics` and hands every request that runs the model (``POST`` to one of :data:`TRACED_ROUTES`:
+chat
+completions, text completions, responses) to the :class:`~chatpack.serving.observability.trace_export.TraceExporter`,
+except a 401
 (a caller without a valid API key writes nothing to the tracking store; it is still counted in the metrics). Request
 headers (``Authorization``, ``x-api-key``) are never recorded: only the body reaches a trace. Nothing here waits for
 the tracking store: traces are built and exported by another process.
@@ -15,9 +18,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chatpack.serving.metrics import ServerMetrics, route_label
-from chatpack.serving.request_context import RequestContext, begin, end
-from chatpack.serving.trace_export import TraceExporter
+from chatpack.serving.observability.metrics import ServerMetrics, route_label
+from chatpack.serving.observability.request_context import RequestContext, begin, end
+from chatpack.serving.observability.trace_export import TraceExporter
 
 CHAT_ROUTE = "/v1/chat/completions"
 TRACED_ROUTES = (CHAT_ROUTE, "/v1/completions", "/v1/responses")  # every route that runs the model

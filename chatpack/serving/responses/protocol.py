@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from chatpack.protocol.errors import RequestError
+from chatpack.protocol.errors import Neutral, RequestError, refuse_unless_neutral
 
 ROLES = ("user", "assistant", "system", "developer")
 ITEM_TYPES = ("message", "function_call", "function_call_output")
@@ -31,15 +31,16 @@ STATEFUL = {
     "background_options": "background responses are not run here",
     "store": "responses are not stored here (nothing can be retrieved later)",
 }
-# Fields whose only accepted value is the one that asks for nothing this server lacks.
-NEUTRAL = {"store": (False,), "background": (False,), "truncation": ("disabled",), "include": ([],),
-           "service_tier": ("auto", "default"), "top_logprobs": (0,), "reasoning": ({},)}
-NOT_HONOURED = {
-    "include": "extra output data (logprobs, reasoning, sources) is not produced",
-    "truncation": "the input is never truncated here; a conversation over the context is refused",
-    "service_tier": "there is one tier",
-    "top_logprobs": "log-probabilities are not produced by /v1/responses",
-    "reasoning": "the served models do not reason before answering",
+# Fields whose only accepted value is the one that asks for nothing this server lacks (see refuse_unless_neutral).
+NEUTRAL = {
+    "store": Neutral(lambda v: v is False, "false", STATEFUL["store"]),
+    "background": Neutral(lambda v: v is False, "false", STATEFUL["background"]),
+    "truncation": Neutral(lambda v: v == "disabled", '"disabled"',
+                          "the input is never truncated here; a conversation over the context is refused"),
+    "include": Neutral(lambda v: v == [], "[]", "extra output data (logprobs, reasoning, sources) is not produced"),
+    "service_tier": Neutral(lambda v: v in ("auto", "default"), '"auto" or "default"', "there is one tier"),
+    "top_logprobs": Neutral(lambda v: v == 0, "0", "log-probabilities are not produced by /v1/responses"),
+    "reasoning": Neutral(lambda v: v == {}, "{}", "the served models do not reason before answering"),
 }
 SUPPORTED = ("model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "text", "tools",
              "tool_choice", "parallel_tool_calls", "stream", "stream_options", "metadata", "user",
@@ -71,11 +72,8 @@ def translate(body: Any) -> ResponsesRequest:
     for key in sorted(body):
         if key not in SUPPORTED and key not in STATEFUL:
             raise RequestError(key, f"{key}: unsupported field (supported: {', '.join(sorted(SUPPORTED))})")
-    for key, value in body.items():
-        if key in NEUTRAL and value not in NEUTRAL[key]:
-            allowed = " or ".join(json.dumps(v) for v in NEUTRAL[key])
-            raise RequestError(key, f"{key}: only {allowed} is accepted, got {_shown(value)}: "
-                                    f"{STATEFUL.get(key) or NOT_HONOURED[key]}")
+    refuse_unless_neutral(body, NEUTRAL, _shown)
+    for key in body:
         if key in STATEFUL and key not in NEUTRAL:
             raise RequestError(key, f"{key}: not supported: {STATEFUL[key]}")
     if "input" not in body:

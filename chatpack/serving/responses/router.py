@@ -1,10 +1,11 @@
 """``POST /v1/responses``: OpenAI's Responses API on ``serve``, non-streamed and streamed, over the chat path.
 
-The request is checked and translated into a chat-completions request (:mod:`chatpack.serving.responses_api`),
-checked again as one (:func:`~chatpack.protocol.chat_request.parse_request`, :func:`~chatpack.serving.chat_payload.
-check_structured`), and run like a chat request (:func:`~chatpack.serving.generation.whole_reply`,
-:func:`~chatpack.serving.generation.stream_chunks`); the reply comes back as a Response object or as Responses stream
-events (:mod:`chatpack.serving.responses_reply`), sent as ``event: <type>\\ndata: <json>\\n\\n``. Errors are OpenAI's
+The request is checked and translated into a chat-completions request (:mod:`chatpack.serving.responses.protocol`),
+parsed as one (:func:`~chatpack.protocol.chat_request.parse_request`, :func:`~chatpack.serving.chat.serving.
+check_supported`), and run like a chat request (:meth:`~chatpack.serving.served_model.ServedModel.reply`,
+:meth:`~chatpack.serving.served_model.ServedModel.stream`); the reply comes back as a Response object or as Responses
+stream
+events (:mod:`chatpack.serving.responses.serving`), sent as ``event: <type>\\ndata: <json>\\n\\n``. Errors are OpenAI's
 error body naming the Responses field (``text.format``, ``input``, ``max_output_tokens``), not the chat one.
 """
 
@@ -17,20 +18,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from chatpack.protocol.chat_request import parse_request
+from chatpack.protocol.chat_request import ChatRequest, parse_request
 from chatpack.protocol.errors import RequestError, error_body
-from chatpack.serving.chat_payload import check_structured, model_payload
-from chatpack.serving.generation import (
-    error_event,
-    error_response,
-    read_body,
-    refused_if_busy,
-    sse,
-    stream_chunks,
-    whole_reply,
-)
-from chatpack.serving.responses_api import ResponsesRequest, renamed, translate
-from chatpack.serving.responses_reply import ResponseEvents, ResponseShell, response_object
+from chatpack.serving.chat.serving import check_supported
+from chatpack.serving.http import error_event, open_request, sse
+from chatpack.serving.model_calls import stream_items, whole_reply
+from chatpack.serving.responses.protocol import ResponsesRequest, renamed, translate
+from chatpack.serving.responses.serving import ResponseEvents, ResponseShell, response_object
 from chatpack.serving.served_model import ServedModel
 
 ROUTE = "/v1/responses"
@@ -49,40 +43,37 @@ def renamed_error(error: JSONResponse, sources: tuple[str, ...]) -> JSONResponse
     return JSONResponse(body, error.status_code)
 
 
+def parse_responses(body: Any, served: ServedModel) -> tuple[ResponsesRequest, ChatRequest]:
+    """The Responses request and the chat request it becomes, checked; errors name the Responses field."""
+    asked = translate(body)
+    try:
+        return asked, check_supported(parse_request(asked.chat), served)
+    except RequestError as exc:
+        raise RequestError(*renamed(exc.param, exc.message, asked.sources)) from None
+
+
 def register(app: FastAPI, served: ServedModel) -> None:
     """Add ``POST /v1/responses`` to ``app``, answered by ``served``."""
 
     @app.post(ROUTE)
     async def responses(request: Request):
-        body, refused = await read_body(request, served)
+        parsed, refused = await open_request(request, served, lambda body: parse_responses(body, served))
         if refused is not None:
             return refused
-        try:
-            asked = translate(body)
-        except RequestError as exc:
-            return error_response(400, exc.message, exc.param)
-        try:
-            chat = parse_request(asked.chat)
-            check_structured(chat, served)
-        except RequestError as exc:
-            param, message = renamed(exc.param, exc.message, asked.sources)
-            return error_response(400, message, param)
-        if (busy := refused_if_busy(served)) is not None:
-            return busy
+        asked, chat = parsed
         shell = ResponseShell(served.name, asked.echo)
         if asked.stream:
-            return await _stream(model_payload(chat), shell, asked)
-        reply = await whole_reply(served, model_payload(chat), request)
+            return await _stream(chat, shell, asked)
+        reply = await whole_reply(served, lambda: served.reply(chat), request)
         if isinstance(reply, JSONResponse):
             return renamed_error(reply, asked.sources)
         return JSONResponse(response_object(shell, reply))
 
-    async def _stream(payload: dict[str, Any], shell: ResponseShell, asked: ResponsesRequest):
-        items = await stream_chunks(served, payload)
+    async def _stream(chat: ChatRequest, shell: ResponseShell, asked: ResponsesRequest):
+        items = await stream_items(served, lambda: served.stream(chat))
         if isinstance(items, JSONResponse):
             return renamed_error(items, asked.sources)
         events = ResponseEvents(shell)
-
         async def stream() -> AsyncIterator[str]:
             try:
                 for event in events.start():

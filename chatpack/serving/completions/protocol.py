@@ -1,12 +1,12 @@
-"""OpenAI's text-completions request (``POST /v1/completions``): the strict request model and its model rows.
+"""OpenAI's text-completions request (``POST /v1/completions``): the strict request model and the requests it makes.
 
 The prompt is raw text: no chat template (as OpenAI's legacy endpoint). ``prompt`` is a string or a non-empty list of
 strings (one choice per prompt and ``n``, in that order); ``max_tokens`` defaults to :data:`DEFAULT_MAX_TOKENS` (16,
 OpenAI's default); ``logprobs`` is the legacy integer (0-5 alternatives per token). Fields that would change the
 reply in ways not implemented are refused by name unless they hold their neutral value: ``echo`` (true),
 ``suffix``, ``best_of`` (> 1), ``logit_bias`` (non-empty), ``frequency_penalty``/``presence_penalty`` (non-zero).
-Each prompt becomes one raw-prompt row for the pyfunc with ``"text_completion": true`` (see
-:mod:`chatpack.flavours.onnx_chat.pyfunc_model`).
+Each prompt becomes one raw-prompt :class:`~chatpack.protocol.chat_request.ChatRequest` with ``text_completion``
+set (answered with a ``text_completion`` object; see :mod:`chatpack.flavours.onnx_chat.pyfunc_model`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from chatpack.protocol.errors import RequestError
+from chatpack.protocol.chat_request import ChatRequest, parse_request
+from chatpack.protocol.errors import Neutral, RequestError, refuse_unless_neutral
 from chatpack.protocol.request_model import (
     MAX_N,
     MAX_SEED,
@@ -27,7 +28,7 @@ from chatpack.protocol.request_model import (
     one_stop,
     present,
 )
-from chatpack.protocol.validation_text import explain
+from chatpack.protocol.validation_text import explain, shown
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_LOGPROBS = 5  # OpenAI's bound for the legacy logprobs
@@ -65,22 +66,24 @@ class CompletionBody(BaseModel):
     _one_stop = field_validator("stop", mode="before")(one_stop)
 
 
+# Not implemented: accepted at their neutral value only (see refuse_unless_neutral).
+NEUTRAL_COMPLETION_FIELDS: dict[str, Neutral] = {
+    "echo": Neutral(lambda v: v is False, "false", "the prompt is not repeated in the reply here"),
+    "suffix": Neutral(lambda v: not v, "''", "insertion (text after the completion) is not implemented here"),
+    "best_of": Neutral(lambda v: v == 1, "1", "server-side best-of sampling is not implemented here; use n"),
+    "logit_bias": Neutral(lambda v: not v, "{}", "logit biases are not implemented here"),
+    "frequency_penalty": Neutral(lambda v: v == 0, "0", "penalties are not implemented here"),
+    "presence_penalty": Neutral(lambda v: v == 0, "0", "penalties are not implemented here"),
+}
+
+
 @dataclass(frozen=True)
 class CompletionRequest:
     prompts: list[str]
     n: int
     stream: bool
     include_usage: bool
-    rows: list[dict[str, Any]]  # one pyfunc row per prompt
-
-
-def _refuse_unimplemented(body: CompletionBody) -> None:
-    neutral = {"echo": body.echo in (None, False), "suffix": not body.suffix, "best_of": body.best_of in (None, 1),
-               "logit_bias": not body.logit_bias, "frequency_penalty": not body.frequency_penalty,
-               "presence_penalty": not body.presence_penalty}
-    for name, ok in neutral.items():
-        if not ok:
-            raise RequestError(name, f"{name}: not implemented by this server; leave it out (or at its default)")
+    requests: list[ChatRequest]  # one raw-prompt request per prompt, answered with a ``text_completion`` object
 
 
 def parse_completion(body: Any) -> CompletionRequest:
@@ -95,7 +98,8 @@ def parse_completion(body: Any) -> CompletionRequest:
         if param == "prompt":
             message = f"prompt: required ({_PROMPT})" if "prompt" not in body else f"prompt: expected {_PROMPT}"
         raise RequestError(param, message) from None
-    _refuse_unimplemented(request)
+    refuse_unless_neutral({name: getattr(request, name) for name in NEUTRAL_COMPLETION_FIELDS},
+                          NEUTRAL_COMPLETION_FIELDS, shown)
     prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
     if not prompts or len(prompts) > MAX_PROMPTS or any(not p for p in prompts):
         raise RequestError("prompt", f"prompt: expected {_PROMPT}")
@@ -107,4 +111,4 @@ def parse_completion(body: Any) -> CompletionRequest:
         row |= {"logprobs": True, "top_logprobs": request.logprobs}
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     return CompletionRequest(prompts, request.n or 1, request.stream, include_usage,
-                             [{"prompt": p, **row} for p in prompts])
+                             [parse_request({"prompt": p, **row}) for p in prompts])

@@ -15,10 +15,13 @@ written regardless once :data:`FORCE_BACKLOG` are waiting (a server busy without
 cost measured above). MLflow's own asynchronous export is off in that process, so a trace is written when the
 exporter says, not later on a thread of MLflow's.
 
-The server side, :class:`TraceExporter`, turns each finished request into a :class:`~chatpack.serving.tracing.
+The server side, :class:`TraceExporter`, turns each finished request into a
+:class:`~chatpack.serving.observability.tracing.
 TraceRecord` and puts it on a bounded queue (full: the trace is dropped and counted, never waited for). The process
-(:func:`export_loop`) resolves the experiment (created if missing), records each trace with
-:func:`~chatpack.serving.tracing.record_trace` when the server is quiet and, when the server shuts down, writes what
+(:func:`export_loop`) resolves the experiment (created if missing), records each trace
+with
+:func:`~chatpack.serving.observability.tracing.record_trace` when the server is quiet and, when the server shuts down,
+writes what
 is left.
 """
 
@@ -33,8 +36,14 @@ import signal
 import time
 from typing import Any
 
-from chatpack.serving.request_context import RequestContext
-from chatpack.serving.tracing import TraceRecord, TraceSettings, experiment_id, record_trace, use_export_defaults
+from chatpack.serving.observability.request_context import RequestContext
+from chatpack.serving.observability.tracing import (
+    TraceRecord,
+    TraceSettings,
+    experiment_id,
+    record_trace,
+    use_export_defaults,
+)
 
 logger = logging.getLogger(__name__)
 

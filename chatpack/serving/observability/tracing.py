@@ -12,12 +12,15 @@ ones: 400, 429, 503; not a 401 for a missing or wrong API key, and never a reque
   ``stop_sequences``, ``gen_ai.usage.input_tokens``/``output_tokens``, ``gen_ai.response.finish_reasons``) plus
   ``http.response.status_code``, ``chatpack.stream``, ``chatpack.flavour``, ``chatpack.time_to_first_token_s`` and
   MLflow's ``mlflow.chat.tokenUsage`` (the trace's token usage);
-- children for the phases the server saw (:mod:`chatpack.serving.request_context`): ``tokenise`` (chat template and
+- children for the phases the server saw (:mod:`chatpack.serving.observability.request_context`): ``tokenise`` (chat
+template and
   tokens), ``prefill`` (to the first token, including any wait for the model) and ``decode`` (the rest); a reply
   whose phases cannot be seen (a non-streamed ONNX reply, answered in a batch with others) gets one ``generate`` span.
 
-``record_text=False`` leaves message contents and the reply text out (roles, options, counts stay). A finished
-request becomes a :class:`TraceRecord` (plain values); :mod:`chatpack.serving.trace_export` hands it to a separate
+``record_text=False`` leaves message contents and the reply text out (roles, options, counts stay). A
+finished
+request becomes a :class:`TraceRecord` (plain values); :mod:`chatpack.serving.observability.trace_export` hands it to a
+separate
 process that builds the spans with their recorded times (:func:`record_trace`) and lets MLflow export them
 asynchronously: nothing on the request path waits for the store, or for the GIL the export would hold.
 """
@@ -30,7 +33,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatpack.serving.request_context import RequestContext
+from chatpack.serving.observability.request_context import RequestContext
 
 logger = logging.getLogger(__name__)
 
