@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from chatpack.serving.cpus import physical_cores  # every engine's default thread count
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 LIBRARIES = ("onnxruntime-genai", "onnxruntime", "transformers", "torch", "mlflow", "llama-cpp-python",
@@ -66,36 +68,6 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 # -- machine ---------------------------------------------------------------------------------------------------------
-def physical_cores() -> int:
-    """Physical cores (the default thread count of every engine); logical CPUs when that cannot be read."""
-    try:
-        import psutil
-
-        cores = psutil.cpu_count(logical=False)
-        if cores:
-            return int(cores)
-    except ImportError:
-        pass
-    seen = set()
-    try:
-        physical_id = core_id = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "physical id":
-                physical_id = value.strip()
-            elif key == "core id":
-                core_id = value.strip()
-            elif not line.strip() and core_id is not None:
-                seen.add((physical_id, core_id))
-                physical_id = core_id = None
-        if core_id is not None:
-            seen.add((physical_id, core_id))
-    except OSError:
-        pass
-    return len(seen) or os.cpu_count() or 1
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

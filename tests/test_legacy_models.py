@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from openai import OpenAI
 
+from chatpack.protocol.chat_request import parse_request
 from chatpack.serving.served_model import ServedModel, code_packages
 from steps import log_onnx_pyfunc
 from tests.conftest import ROOT, free_port, wait_for_http
@@ -97,7 +98,9 @@ def test_todays_model_loads_its_own_runtime_copy_under_serve(fixture_fetch_run):
     model_file = Path(type(served.model.unwrap_python_model()).load_context.__code__.co_filename)
     assert model_file.parts[-5:] == ("code", "chatpack", "flavours", "onnx_chat", "pyfunc_model.py")
     assert not model_file.resolve().is_relative_to(ROOT / "chatpack")  # the model's copy, not this checkout's
-    reply = served.predict({"messages": MESSAGES, "max_tokens": 3})[0]
+    client_file = Path(type(served.client).complete.__code__.co_filename)  # the typed client is the model's too
+    assert not client_file.resolve().is_relative_to(ROOT / "chatpack")
+    reply = served.reply(parse_request({"messages": MESSAGES, "max_tokens": 3}))
     assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] >= 1
 
 

@@ -193,7 +193,7 @@ def test_logged_model_is_code_plus_artifacts_with_no_pickle(onnx_model_uri):
 
 RUNTIME_PREFIXES = ("chatpack/protocol/", "chatpack/engine/")
 RUNTIME_SINGLES = {"chatpack/__init__.py", "chatpack/flavours/__init__.py", "chatpack/flavours/onnx_chat/__init__.py",
-                   "chatpack/flavours/onnx_chat/pyfunc_model.py"}
+                   "chatpack/flavours/onnx_chat/pyfunc_model.py", "chatpack/flavours/onnx_chat/engine_client.py"}
 
 
 def test_logged_model_carries_only_its_runtime_code(onnx_model_uri):

@@ -125,8 +125,12 @@ BAD = [
      rf"messages\[0\]\.role: required \(one of {ROLES}\)"),
     ("content not a string", {"messages": [{"role": "user", "content": 5}]}, "messages",
      r"messages\[0\]\.content: expected a string, got 5"),
-    ("content parts (a list)", {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]},
-     "messages", r"messages\[0\]\.content: expected a string, got a list"),
+    ("an image part", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages", r"messages\[0\]\.content\[0\]: 'image_url' parts are not supported \(text only\)"),
+    ("a part that is not text", {"messages": [{"role": "user", "content": [{"type": "text", "txt": "x"}]}]},
+     "messages", r'messages\[0\]\.content\[0\]: expected \{"type": "text", "text": "..."\}'),
+    ("no parts", {"messages": [{"role": "user", "content": []}]}, "messages",
+     r"messages\[0\]\.content: expected a string or a non-empty list of text parts, got an empty list"),
     ("missing content in a later turn", {"messages": [*M, {"role": "assistant"}]}, "messages",
      r"messages\[1\]\.content: required \(a string\)"),
     ("unknown message field", {"messages": [{"role": "user", "content": "x", "mood": "calm"}]}, "messages",
@@ -405,3 +409,12 @@ def test_a_copy_of_the_protocol_imported_like_a_served_model_validates_on_its_ow
         copied.parse_request({"messages": [{"role": "wizard", "content": "x"}]})
     assert not isinstance(caught.value, RequestError) and caught.value.param == "messages"
     assert openai_error(caught.value)[1]["error"]["param"] == "messages"
+
+
+def test_text_content_parts_read_as_the_string_they_stand_for():
+    """OpenAI's content-parts form, which LangChain and agent frameworks send, is one string: texts joined by lines."""
+    parts = [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]
+    request = parse_request({"messages": [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                                          {"role": "user", "content": parts}]})
+    assert [m["content"] for m in request.messages] == ["Be brief.", "Hello\nthere"]
+

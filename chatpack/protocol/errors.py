@@ -1,21 +1,19 @@
 """The one error mapping and the one refusal of unimplemented fields: a bad request is a :class:`RequestError` carrying
-``param`` as data, and any exception becomes
-OpenAI's error body ``{"error": {"message", "type", "param", "code"}}`` through :func:`openai_error`;
-a field held at anything but its neutral value is refused by name (:class:`Neutral`).
+``param`` as data, and any exception becomes OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``
+through :func:`openai_error`; a field held at anything but its neutral value is refused by name (:class:`Neutral`).
 
-``RequestError`` is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, so the pyfunc raises it as is and
-``mlflow models serve`` answers HTTP 400 with its message (and ``param``). The server reads ``param`` with ``getattr``
-from any 400 ``MlflowException``: a model loaded with its own copy of this package raises its own ``RequestError``
-class, a different class object from the server's. Any other 400 ``MlflowException`` (MLflow's schema enforcement
-refusing a row) is cut to a short message naming the column it names (:func:`short_message`), never the schema dump.
+``RequestError`` is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, so the pyfunc raises it as is and ``mlflow
+models serve`` answers HTTP 400 with its message (and ``param``). The server reads ``param`` with ``getattr`` from any
+400 ``MlflowException``: a model loaded with its own copy of this package raises its own ``RequestError`` class, a
+different class object from the server's. Any other 400 ``MlflowException`` (MLflow's schema enforcement refusing a row)
+is cut to a short message naming the column it names (:func:`short_message`), never the schema dump.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -39,8 +37,7 @@ class RequestError(MlflowException, ValueError):
         return type(self), (self.param, self.message)
 
 
-@dataclass(frozen=True)
-class Neutral:
+class Neutral(NamedTuple):
     """A field this server does not implement, accepted at its neutral value only (clients send the defaults
     explicitly): ``accepts(value)`` says whether ``value`` is neutral, ``allowed`` names the neutral values in words,
     ``why`` says why nothing else is accepted. Every API surface refuses such fields through

@@ -104,6 +104,26 @@ class ChatMessage(_Strict):
     annotations: list[Any] | None = None
     parsed: Any = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_parts(cls, data: Any) -> Any:
+        """OpenAI's content-parts form (``[{"type": "text", "text": ...}, ...]``) as the one string it stands for, the
+        parts' texts joined by newlines (as vLLM does); any other part (images, audio, files) refused by name."""
+        value = data.get("content") if isinstance(data, dict) else None
+        if not isinstance(value, list):
+            return data
+        if not value:
+            raise ValueError("content: expected a string or a non-empty list of text parts, got an empty list")
+        texts = []
+        for j, part in enumerate(value):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
+                what = f"{kind!r} parts are not supported (text only)" if isinstance(kind, str) and kind != "text" \
+                    else 'expected {"type": "text", "text": "..."}'
+                raise ValueError(f"content[{j}]: {what}")
+            texts.append(part["text"])
+        return {**data, "content": "\n".join(texts)}
+
     @model_validator(mode="after")
     def _turn_shape(self) -> Any:
         # Messages start with the sub-field they blame: the error text becomes "messages[i].<field>: ...".
@@ -127,24 +147,31 @@ class StreamOptions(_Normalised):
     include_usage: bool | None = None
 
 
-class _Options(_Strict):
-    """Options both forms take; ``None`` means "not set" (the logged model's defaults apply)."""
+class SamplingOptions(_Strict):
+    """The options every OpenAI generation API takes (chat and text completions alike); ``None`` means "not set"
+    (the logged model's defaults apply)."""
 
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
     stop: list[NonEmptyStr] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
     n: int | None = Field(None, ge=1, le=MAX_N)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)  # choice i of n samples with seed + i (see choice_seed)
     stream: bool = False
     model: str | None = None  # the server answers with the model it serves, whatever is asked for
+
+    _integral_float = field_validator("max_tokens", "n", "seed", mode="before")(integral_float)
+    _one_stop = field_validator("stop", mode="before")(one_stop)
+
+
+class _Options(SamplingOptions):
+    """Options both forms of the chat request take: the sampling options, ``top_k`` and chat-style logprobs."""
+
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
     logprobs: bool | None = None  # each reply token's log-probability (see chatpack.engine.logprobs)
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # and its step's most likely alternatives
 
-    _integral_float = field_validator("max_tokens", "top_k", "n", "seed", "top_logprobs", mode="before")(
-        integral_float)
-    _one_stop = field_validator("stop", mode="before")(one_stop)
+    _integral_options = field_validator("top_k", "top_logprobs", mode="before")(integral_float)
 
 
 class ChatBody(_Options):

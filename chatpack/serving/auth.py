@@ -1,9 +1,9 @@
-"""API keys on ``serve``: the ASGI guard that refuses ``/v1/*`` without a configured key, and the start-up log of
-how the endpoint is protected.
+"""API keys on ``serve``: the ASGI guard that refuses ``/v1/*`` without a configured key, and the start-up log of how
+the endpoint is protected.
 
-With at least one key configured, every route under ``/v1/`` (and ``/metrics`` with ``metrics_auth``) needs one of
-them, as ``Authorization: Bearer <key>`` (OpenAI's clients) or ``x-api-key: <key>`` (Anthropic's); ``/health`` stays
-open for probes. Without a key the server is open, so :func:`log_auth` warns when it listens beyond loopback.
+With at least one key configured, every route under ``/v1/`` (and ``/metrics`` with ``metrics_auth``) needs one of them,
+as ``Authorization: Bearer <key>`` (OpenAI's clients) or ``x-api-key: <key>`` (Anthropic's); ``/health`` stays open for
+probes. Without a key the server is open, so :func:`log_auth` warns when it listens beyond loopback.
 """
 
 from __future__ import annotations

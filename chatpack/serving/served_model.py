@@ -2,15 +2,21 @@
 
 A logged ONNX model carries its runtime code as a ``chatpack`` package in its ``code/`` folder. The server process has
 its own ``chatpack`` imported already, and Python would resolve the model's ``from chatpack... import ...`` to the
-server's copy: a model logged at another commit would then run (or fail to import) code it was not logged with.
-So the model is loaded with the server's copies of its code's top-level packages taken out of ``sys.modules``; they
-are put back afterwards, while the model keeps the modules it imported from its own folder.
+server's copy: a model logged at another commit would then run (or fail to import) code it was not logged with. So the
+model is loaded with the server's copies of its code's top-level packages taken out of ``sys.modules``; they are put
+back afterwards, while the model keeps the modules it imported from its own folder.
 
 A transformers ``llm/v1/chat`` model is not served through its pyfunc but through the logged pipeline and
-:class:`~chatpack.serving.transformers_adapter.TransformersChat` (``stop``, context check, token streaming). Either
-way the model is wrapped in :class:`~chatpack.serving.observability.observed_model.ObservedModel`, which notes each
-call on the
-current request for traces and metrics.
+:class:`~chatpack.serving.transformers_adapter.TransformersChat` (``stop``, context check, token streaming). Either way
+the model is wrapped in :class:`~chatpack.serving.observability.observed_model.ObservedModel`, which notes each call on
+the current request for traces and metrics.
+
+An ONNX model logged by this version exposes its engine through a typed client (:mod:`chatpack.flavours.onnx_chat.
+engine_client`, reached with MLflow's public ``unwrap_python_model()``): :meth:`ServedModel.reply` and
+:meth:`ServedModel.stream` hand it the request the route parsed, and build the reply objects from its typed results
+(:mod:`chatpack.protocol.replies`). Every other model (the transformers flavour, ONNX models of another client version)
+gets the same request as pyfunc input (:func:`~chatpack.protocol.chat_request.model_payload`); both give the same
+replies.
 """
 
 from __future__ import annotations

@@ -12,22 +12,13 @@ set (answered with a ``text_completion`` object; see :mod:`chatpack.flavours.onn
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from chatpack.protocol.chat_request import ChatRequest, parse_request
 from chatpack.protocol.errors import Neutral, RequestError, refuse_unless_neutral
-from chatpack.protocol.request_model import (
-    MAX_N,
-    MAX_SEED,
-    MAX_STOP_SEQUENCES,
-    MAX_TOKENS,
-    StreamOptions,
-    integral_float,
-    one_stop,
-    present,
-)
+from chatpack.protocol.request_model import SamplingOptions, StreamOptions, integral_float, present
 from chatpack.protocol.validation_text import explain, shown
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -36,23 +27,14 @@ MAX_PROMPTS = 16
 _PROMPT = f"a non-empty string or a non-empty list of at most {MAX_PROMPTS} non-empty strings"
 
 
-class CompletionBody(BaseModel):
-    """An OpenAI text-completions request (the fields we implement, and the refused ones by name)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class CompletionBody(SamplingOptions):
+    """An OpenAI text-completions request: the sampling options every API takes, the prompt, legacy logprobs, and the
+    refused fields by name."""
 
     prompt: str | list[str]
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    stop: list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # choice i of n samples with seed + i
-    n: int | None = Field(None, ge=1, le=MAX_N)
-    stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     user: str | None = None
-    model: str | None = None
     # Not implemented: accepted at their neutral value only (clients send the defaults explicitly).
     echo: bool | None = None
     suffix: str | None = None
@@ -61,9 +43,7 @@ class CompletionBody(BaseModel):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
 
-    _integral_float = field_validator("max_tokens", "seed", "n", "logprobs", "best_of", mode="before")(
-        integral_float)
-    _one_stop = field_validator("stop", mode="before")(one_stop)
+    _integral_legacy = field_validator("logprobs", "best_of", mode="before")(integral_float)
 
 
 # Not implemented: accepted at their neutral value only (see refuse_unless_neutral).

@@ -11,6 +11,7 @@
 | ``chatpack_model_load_seconds`` | gauge | how long loading the model took (NaN while loading) |
 | ``chatpack_model_loaded`` | gauge | 1 once the model answers, else 0 |
 | ``chatpack_traces_dropped_total`` | counter | traces not recorded because the trace backlog was full |
+
 """
 
 from __future__ import annotations

@@ -1,16 +1,14 @@
 """The ASGI middleware that watches every request ``serve`` answers: Prometheus metrics and MLflow traces.
 
 For each HTTP request it opens a :class:`~chatpack.serving.observability.request_context.RequestContext` (the current
-one while
-the request is answered, also in the threads that generate its reply), notes the response status and, for errors, the
-message sent; once the last byte has gone out it counts the request in :class:`~chatpack.serving.observability.metrics.
-ServerMetrics` and hands every request that runs the model (``POST`` to one of :data:`TRACED_ROUTES`:
-chat
-completions, text completions, responses) to the :class:`~chatpack.serving.observability.trace_export.TraceExporter`,
-except a 401
-(a caller without a valid API key writes nothing to the tracking store; it is still counted in the metrics). Request
-headers (``Authorization``, ``x-api-key``) are never recorded: only the body reaches a trace. Nothing here waits for
-the tracking store: traces are built and exported by another process.
+one while the request is answered, also in the threads that generate its reply), notes the response status and, for
+errors, the message sent; once the last byte has gone out it counts the request in
+:class:`~chatpack.serving.observability.metrics.ServerMetrics` and hands every request that runs the model (``POST`` to
+one of :data:`TRACED_ROUTES`: chat completions, text completions, responses) to the
+:class:`~chatpack.serving.observability.trace_export.TraceExporter`, except a 401 (a caller without a valid API key
+writes nothing to the tracking store; it is still counted in the metrics). Request headers (``Authorization``,
+``x-api-key``) are never recorded: only the body reaches a trace. Nothing here waits for the tracking store: traces are
+built and exported by another process.
 """
 
 from __future__ import annotations

@@ -2,12 +2,10 @@
 
 :class:`ObservedModel` forwards ``predict`` and ``predict_stream`` unchanged and records, on the request's
 :class:`~chatpack.serving.observability.request_context.RequestContext`, the model input, the reply text (chat or text
-completion),
-token counts, finish reason and the phases of a streamed reply, read from its chunks alone (so it works for any
-model, including one logged with older code): the first chunk (the role) comes once the prompt is templated and
-tokenised, the first chunk with text once prefill has produced the first token, the last one carries
-``finish_reason`` and ``usage``. Models that know more mark phases themselves (the transformers adapter does, also
-for whole replies).
+completion), token counts, finish reason and the phases of a streamed reply, read from its chunks alone (so it works for
+any model, including one logged with older code): the first chunk (the role) comes once the prompt is templated and
+tokenised, the first chunk with text once prefill has produced the first token, the last one carries ``finish_reason``
+and ``usage``. Models that know more mark phases themselves (the transformers adapter does, also for whole replies).
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """What ``serve`` learns about one request while answering it: timings, options, token counts, reply.
 
 The HTTP middleware (:mod:`chatpack.serving.observability.middleware`) opens a :class:`RequestContext` per request and
-makes it the
-current one (a context variable). The worker threads that call the model see it too, because the server's executor
-runs every call in a copy of the submitting task's context (:class:`ContextExecutor`); so the model
-wrapper
+makes it the current one (a context variable). The worker threads that call the model see it too, because the server's
+executor runs every call in a copy of the submitting task's context (:class:`ContextExecutor`); so the model wrapper
 (:mod:`chatpack.serving.observability.observed_model`) and the transformers adapter fill it in without any parameter
-passing, and
-the middleware turns it into a trace and metrics once the response is sent.
+passing, and the middleware turns it into a trace and metrics once the response is sent.
 """
 
 from __future__ import annotations

@@ -1,28 +1,25 @@
 """The trace exporter: a separate, low-priority process that writes ``serve``'s traces to the tracking store.
 
-Why a process: the onnxruntime-genai bindings hold the GIL while they generate, and MLflow's trace export is Python
-work (measured on a sqlite store: 20-30 ms of CPU per trace, about 100 SQL statements). In the server's own process
-that work waits for the GIL and then makes generation wait for it (a busy Python thread slowed generation by ~70%;
-traced requests took ~9% longer). In its own process, scheduled ``SCHED_IDLE`` (only CPU time nobody else wants), it
-costs the server one pickled record per request, and the export runs when generation leaves a core idle.
+Why a process: the onnxruntime-genai bindings hold the GIL while they generate, and MLflow's trace export is Python work
+(measured on a sqlite store: 20-30 ms of CPU per trace, about 100 SQL statements). In the server's own process that work
+waits for the GIL and then makes generation wait for it (a busy Python thread slowed generation by ~70%; traced requests
+took ~9% longer). In its own process, scheduled ``SCHED_IDLE`` (only CPU time nobody else wants), it costs the server
+one pickled record per request, and the export runs when generation leaves a core idle.
 
-Idle CPU is not enough on its own: measured on 2 cores, a ``SCHED_IDLE`` exporter writing each trace as it came
-still added ~12% to request latency (30 ms of CPU per trace, taken in the gaps between decode steps, from caches and
-memory bandwidth the model needs). So the exporter also waits until the server is quiet: :class:`Activity` (shared
-memory, two numbers) counts the requests in flight and when the last one started or ended, and a trace is written
-only once none has been in flight for :data:`QUIET_SECONDS`; traces wait at most :data:`MAX_DEFER_SECONDS`, and are
-written regardless once :data:`FORCE_BACKLOG` are waiting (a server busy without pause still gets its traces, at the
-cost measured above). MLflow's own asynchronous export is off in that process, so a trace is written when the
-exporter says, not later on a thread of MLflow's.
+Idle CPU is not enough on its own: measured on 2 cores, a ``SCHED_IDLE`` exporter writing each trace as it came still
+added ~12% to request latency (30 ms of CPU per trace, taken in the gaps between decode steps, from caches and memory
+bandwidth the model needs). So the exporter also waits until the server is quiet: :class:`Activity` (shared memory, two
+numbers) counts the requests in flight and when the last one started or ended, and a trace is written only once none has
+been in flight for :data:`QUIET_SECONDS`; traces wait at most :data:`MAX_DEFER_SECONDS`, and are written regardless once
+:data:`FORCE_BACKLOG` are waiting (a server busy without pause still gets its traces, at the cost measured above).
+MLflow's own asynchronous export is off in that process, so a trace is written when the exporter says, not later on a
+thread of MLflow's.
 
 The server side, :class:`TraceExporter`, turns each finished request into a
-:class:`~chatpack.serving.observability.tracing.
-TraceRecord` and puts it on a bounded queue (full: the trace is dropped and counted, never waited for). The process
-(:func:`export_loop`) resolves the experiment (created if missing), records each trace
-with
-:func:`~chatpack.serving.observability.tracing.record_trace` when the server is quiet and, when the server shuts down,
-writes what
-is left.
+:class:`~chatpack.serving.observability.tracing. TraceRecord` and puts it on a bounded queue (full: the trace is dropped
+and counted, never waited for). The process (:func:`export_loop`) resolves the experiment (created if missing), records
+each trace with :func:`~chatpack.serving.observability.tracing.record_trace` when the server is quiet and, when the
+server shuts down, writes what is left.
 """
 
 from __future__ import annotations

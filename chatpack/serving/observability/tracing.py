@@ -1,9 +1,9 @@
 """Every chat request ``serve`` answers as an MLflow trace, linked to the served LoggedModel.
 
 Traces go to the tracking store (``MLFLOW_TRACKING_URI``), experiment ``--experiment`` (default ``chatpack-serve``),
-with the trace metadata ``mlflow.modelId`` set to the served model's id, so ``mlflow.search_traces(model_id=...)``
-finds them. One trace per ``POST /v1/chat/completions``, ``/v1/completions`` or ``/v1/responses`` (also the refused
-ones: 400, 429, 503; not a 401 for a missing or wrong API key, and never a request header):
+with the trace metadata ``mlflow.modelId`` set to the served model's id, so ``mlflow.search_traces(model_id=...)`` finds
+them. One trace per ``POST /v1/chat/completions``, ``/v1/completions`` or ``/v1/responses`` (also the refused ones: 400,
+429, 503; not a 401 for a missing or wrong API key, and never a request header):
 
 - the root span ``chat.completions`` (``completions``, ``responses``; ``CHAT_MODEL``): inputs are the model input
   (messages and the options the caller set; the request body for a request refused before it), outputs the reply
@@ -17,10 +17,8 @@ template and
   tokens), ``prefill`` (to the first token, including any wait for the model) and ``decode`` (the rest); a reply
   whose phases cannot be seen (a non-streamed ONNX reply, answered in a batch with others) gets one ``generate`` span.
 
-``record_text=False`` leaves message contents and the reply text out (roles, options, counts stay). A
-finished
-request becomes a :class:`TraceRecord` (plain values); :mod:`chatpack.serving.observability.trace_export` hands it to a
-separate
+``record_text=False`` leaves message contents and the reply text out (roles, options, counts stay). A finished request
+becomes a :class:`TraceRecord` (plain values); :mod:`chatpack.serving.observability.trace_export` hands it to a separate
 process that builds the spans with their recorded times (:func:`record_trace`) and lets MLflow export them
 asynchronously: nothing on the request path waits for the store, or for the GIL the export would hold.
 """

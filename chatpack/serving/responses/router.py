@@ -4,9 +4,8 @@ The request is checked and translated into a chat-completions request (:mod:`cha
 parsed as one (:func:`~chatpack.protocol.chat_request.parse_request`, :func:`~chatpack.serving.chat.serving.
 check_supported`), and run like a chat request (:meth:`~chatpack.serving.served_model.ServedModel.reply`,
 :meth:`~chatpack.serving.served_model.ServedModel.stream`); the reply comes back as a Response object or as Responses
-stream
-events (:mod:`chatpack.serving.responses.serving`), sent as ``event: <type>\\ndata: <json>\\n\\n``. Errors are OpenAI's
-error body naming the Responses field (``text.format``, ``input``, ``max_output_tokens``), not the chat one.
+stream events (:mod:`chatpack.serving.responses.serving`), sent as ``event: <type>\\ndata: <json>\\n\\n``. Errors are
+OpenAI's error body naming the Responses field (``text.format``, ``input``, ``max_output_tokens``), not the chat one.
 """
 
 from __future__ import annotations
