@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from chatpack.engine.chat_engine import OnnxChatEngine, StreamState
-from chatpack.engine.logprobs import chat_logprobs, legacy_logprobs, log_softmax, top_k
+from chatpack.engine.logprobs import log_softmax, top_k
 from chatpack.protocol.chat_request import GenerationOptions
+from chatpack.protocol.replies import chat_logprobs, legacy_logprobs
 from chatpack.protocol.reply_format import Guidance
 from chatpack.sources.fetch import fetched_model
 from tests.test_onnx_engine import chat, queued, streamed
