@@ -13,9 +13,8 @@ import time
 import pytest
 
 from chatpack.engine.chat_engine import Completion, ContextOverflow, OnnxChatEngine, StreamState
-from chatpack.engine.decode_step import RowDecoder
-from chatpack.engine.search_options import search_options
-from chatpack.engine.stops import held_back
+from chatpack.engine.detokenizer import RowDecoder, held_back
+from chatpack.engine.genai_model import search_options
 from chatpack.engine.tool_calls import CallGuard
 from chatpack.engine.tool_prompt import call_text
 from chatpack.protocol.chat_request import GenerationOptions
@@ -117,7 +116,7 @@ def test_streamed_pieces_join_to_the_complete_reply_with_the_same_counts(engine)
             whole.prompt_tokens, whole.completion_tokens, whole.finish_reason)
 
 
-def test_decode_step_ends_a_row_on_eos_stop_sequence_or_max_tokens(engine):
+def test_the_detokenizer_ends_a_row_on_eos_stop_sequence_or_max_tokens(engine):
     hello = engine.encode_text("Hello fin are")  # three tokens: 'Hello', ' fin', ' are'
     eos = min(engine.eos_ids)
 

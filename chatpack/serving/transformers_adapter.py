@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chatpack.engine.decode_step import RowDecoder, StreamState
+from chatpack.engine.detokenizer import RowDecoder, StreamState
 from chatpack.protocol.chat_request import GenerationOptions, parse_request
 from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import chat_chunk, chat_completion, completion_id, usage

@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 
 import mlflow
 
-from chatpack.engine.batch_job import OWNER
 from chatpack.engine.chat_engine import ContextOverflow, OnnxChatEngine, StreamState
 from chatpack.engine.guidance import GuidanceError, blame, build
 from chatpack.engine.logprobs import TokenLogprob, chat_logprobs, legacy_logprobs
+from chatpack.engine.scheduler import OWNER
 from chatpack.engine.tool_calls import ReplyReader
 from chatpack.protocol.chat_request import ChatRequest, GenerationOptions, parse_request
 from chatpack.protocol.errors import RequestError
