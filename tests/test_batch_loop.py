@@ -16,7 +16,7 @@ from chatpack.engine.prompt_passes import draft_tokens, prefill_chunks
 from chatpack.engine.sampler import Sampler
 from chatpack.protocol.chat_request import GenerationOptions
 from chatpack.sources.fetch import fetched_model
-from tests.test_onnx_engine import chat, queued
+from tests.helpers import chat, queued
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from chatpack.engine.logprobs import chat_logprobs, legacy_logprobs, log_softmax
 from chatpack.protocol.chat_request import GenerationOptions
 from chatpack.protocol.reply_format import Guidance
 from chatpack.sources.fetch import fetched_model
-from tests.test_onnx_engine import chat, queued, streamed
+from tests.helpers import chat, queued, streamed
 
 
 @pytest.fixture(scope="module")
