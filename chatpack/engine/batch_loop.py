@@ -54,8 +54,10 @@ def _close_loops() -> None:
 class BatchLoop:
     """The rows' owner thread (see the module docstring). ``speculate``: the longest draft a lone greedy request
     verifies per pass (0: off); ``fast_forward``: constrained rows take the tokens their grammar forces in a pass;
-    ``reuse_decoded``: a later request may reuse a finished reply's keys/values as its decode steps computed them
-    (llama.cpp's way: no wait for settling, but not what a cold prompt computes, so its reply may differ)."""
+    ``budget_tokens``: the KV positions all rows may hold together (None: every row may fill up), which its
+    :attr:`scheduler` admits requests within; ``reuse_decoded``: a later request may reuse a finished reply's
+    keys/values as its decode steps computed them (llama.cpp's way: no wait for settling, but not what a cold prompt
+    computes, so its reply may differ)."""
 
     def __init__(self, rows: KvRows, model_lock: Any, speculate: int = 0, ngram: int = 3, fast_forward: bool = True,
                  budget_tokens: int | None = None, reuse_decoded: bool = False):
