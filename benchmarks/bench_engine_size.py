@@ -36,7 +36,7 @@ def rss_gib() -> float:
 
 
 def decode_round(engine: Any, ids: list[int], max_tokens: int) -> dict[str, Any]:
-    from chatpack.engine.decode_step import StreamState
+    from chatpack.engine.detokenizer import StreamState
     from chatpack.protocol.chat_request import GenerationOptions
 
     state = StreamState(len(ids))

@@ -24,7 +24,7 @@ from chatpack.serving.served_model import ServedModel
 from steps import log_onnx_pyfunc
 from steps import serve as serve_step
 from tests.conftest import free_port, wait_for_http
-from tests.test_server import MESSAGES, logged
+from tests.helpers import MESSAGES, logged
 
 ENV_KEY = f"sk-env-{uuid.uuid4().hex}"  # given as CHATPACK_API_KEY
 FILE_KEY = f"sk-file-{uuid.uuid4().hex}"  # the second key of the key file

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from chatpack.engine.chat_engine import OnnxChatEngine
+from chatpack.engine.memory import row_layout
 from chatpack.engine.prompt_passes import draft_tokens, prefill_chunks
 from chatpack.engine.sampler import Sampler
-from chatpack.engine.scheduler import row_layout
 from chatpack.protocol.chat_request import GenerationOptions
 from chatpack.sources.fetch import fetched_model
-from tests.test_onnx_engine import chat, queued
+from tests.helpers import chat, queued
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ def test_a_request_as_long_as_the_context_joins_the_batch_by_default(onnx_dir):
 def test_admission_keeps_the_kv_memory_within_its_budget_and_gives_idle_rows_back(onnx_dir):
     long_prompt_budget = 600  # tokens; rows of the whole context are address space far beyond it
     engine = OnnxChatEngine(onnx_dir, kv_cache_mb=1)
-    engine.batch.budget_tokens = long_prompt_budget
+    engine.batch.scheduler.budget_tokens = long_prompt_budget
     prompts = [engine.encode_text(f"{i} " + "word " * 300)[:250] for i in range(3)]
     alone = [engine.complete(p, GenerationOptions(max_tokens=6)) for p in prompts]
     assert engine.kv.resident_tokens <= long_prompt_budget  # the third gave back an idle row to go in

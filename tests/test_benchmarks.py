@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -179,13 +180,30 @@ def test_committed_results_match_readme():
     assert report.main(["--check"]) == 0
 
 
-def test_client_counts_broken_streams_and_times_first_text():
-    reply = parse_stream(Reply(streamed=True, start=0.0), [
-        b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}', b"",
-        b'data: {"choices": [{"delta": {"content": "Hi"}}]}', b": keep-alive",
-        b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, '
-        b'"completion_tokens": 2}}', b"data: [DONE]"])
-    assert reply.ok and reply.text == "Hi" and reply.pieces == 1 and reply.ttft_s is not None
+def _arriving(monkeypatch, events: list[tuple[float, bytes]]):
+    """The lines of ``events`` as a stream each line of which arrives at its time (the client's clock is faked)."""
+    from benchmarks import client
+
+    now = [0.0]
+    monkeypatch.setattr(client, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def lines():
+        for at, line in events:
+            now[0] = at
+            yield line
+
+    return lines()
+
+
+def test_client_counts_broken_streams_and_times_first_text(monkeypatch):
+    reply = parse_stream(Reply(streamed=True, start=0.25), _arriving(monkeypatch, [
+        (0.5, b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}'), (0.6, b""),
+        (1.5, b'data: {"choices": [{"delta": {"content": "Hi"}}]}'), (1.7, b": keep-alive"),
+        (2.0, b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, '
+              b'"completion_tokens": 2}}'), (2.75, b"data: [DONE]")]))
+    assert reply.ok and reply.text == "Hi" and reply.pieces == 1
+    # time to the first text (not to the role chunk's empty content), and to [DONE], from when the request was sent
+    assert (reply.ttft_s, reply.total_s) == (1.25, 2.5)
     assert (reply.finish_reason, reply.prompt_tokens, reply.completion_tokens) == ("stop", 5, 2)
     cut = parse_stream(Reply(streamed=True), [b'data: {"choices": [{"delta": {"content": "Hi"}}]}'])
     assert not cut.ok and cut.failure == "broken_stream" and "[DONE]" in cut.detail
@@ -318,13 +336,44 @@ def test_threads_key_declared_on_a_copy(tmp_path):
     assert with_threads_key(copy, tmp_path / "copies") == (copy, False)  # already declared: used as it is
 
 
-def test_cpu_meter_reports_a_share():
-    from benchmarks.common import CpuMeter
+def test_cpu_meter_reports_the_share_other_processes_used(monkeypatch):
+    from benchmarks import common
 
+    clock = {"wall": 100.0, "busy": 1000.0, "ours": 10.0, "groups": {42: 5.0}}
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=lambda: clock["wall"]))
+    monkeypatch.setattr(common, "os", SimpleNamespace(times=lambda: SimpleNamespace(user=clock["ours"], system=0.0),
+                                                      cpu_count=lambda: 4))
+    monkeypatch.setattr(common, "busy_cpu_seconds", lambda: clock["busy"])
+    monkeypatch.setattr(common, "group_cpu_seconds", lambda group: clock["groups"][group])
+
+    def measured(groups: list[int], wall: float, busy: float, ours: float, group: float) -> float | None:
+        meters = common.CpuMeter(groups).start()
+        clock["wall"] += wall
+        clock["busy"] += busy
+        clock["ours"] += ours
+        clock["groups"][42] += group
+        return meters.stop()
+
+    # 2 s on 4 CPUs = 8 CPU-s; the machine was busy 5 CPU-s, this process 1 and its server's group 2 of them
+    assert measured([42], 2.0, 5.0, 1.0, 2.0) == 0.25
+    assert measured([], 2.0, 5.0, 1.0, 2.0) == 0.5  # a group not named as ours is someone else
+    assert measured([42], 2.0, 3.0, 1.0, 2.0) == 0.0  # only we were busy
+    assert measured([], 1.0, 9.0, 0.0, 0.0) == 1.0  # clock ticks rounding past the machine: capped
+    monkeypatch.setattr(common, "busy_cpu_seconds", lambda: None)  # no /proc/stat
+    assert measured([], 1.0, 1.0, 0.0, 0.0) is None
+
+
+def test_cpu_meter_reads_this_machine():
+    from benchmarks.common import CpuMeter, busy_cpu_seconds
+
+    if not Path("/proc/stat").is_file():
+        pytest.skip("no /proc/stat")
+    before = busy_cpu_seconds()
     meter = CpuMeter([]).start()
     sum(i * i for i in range(200_000))
     share = meter.stop()
-    assert share is None or 0.0 <= share <= 1.0
+    assert share is not None and 0.0 <= share <= 1.0
+    assert busy_cpu_seconds() > before  # the machine's busy time moves (we were busy)
 
 
 def _cells(table: str, *first: str) -> list[str]:
@@ -491,13 +540,17 @@ def test_pathological_windows_summary_and_table():
     assert row[8].startswith("response_format: cannot be enforced")
 
 
-def test_client_joins_streamed_tool_calls_and_keeps_whole_ones():
-    reply = parse_stream(Reply(streamed=True, start=0.0), [
-        b'data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "look"}}]}}]}',
-        b'data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\\"q\\": "}}]}}]}',
-        b'data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]}',
-        b'data: {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}', b"data: [DONE]"])
-    assert reply.ok and reply.finish_reason == "tool_calls" and reply.extra["first_call_s"] is not None
+def test_client_joins_streamed_tool_calls_and_keeps_whole_ones(monkeypatch):
+    reply = parse_stream(Reply(streamed=True, start=0.0), _arriving(monkeypatch, [
+        (0.5, b'data: {"choices": [{"delta": {"role": "assistant"}}]}'),
+        (0.75, b'data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c1", "function": '
+               b'{"name": "look"}}]}}]}'),
+        (1.0, b'data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": '
+              b'{"arguments": "{\\"q\\": "}}]}}]}'),
+        (1.5, b'data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]}'),
+        (2.0, b'data: {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}'), (2.0, b"data: [DONE]")]))
+    assert reply.ok and reply.finish_reason == "tool_calls" and reply.extra["first_call_s"] == 0.75
+    assert reply.ttft_s is None and reply.total_s == 2.0  # no text: no time to first text
     assert reply.extra["tool_calls"] == [{"type": "function", "id": "c1",
                                           "function": {"name": "look", "arguments": '{"q": 1}'}}]
     calls = [{"id": "c2", "type": "function", "function": {"name": "x", "arguments": "{}"}}]

@@ -243,7 +243,7 @@ def test_serve_deployment_command_is_what_serve_parses(path):
 
 @pytest.mark.parametrize("path", SERVE_DEPLOYMENTS, ids=lambda p: p.relative_to(SERVE).as_posix())
 def test_serve_memory_covers_the_measured_rss_and_the_kv_rows(path):
-    from chatpack.engine.scheduler import row_layout
+    from chatpack.engine.memory import row_layout
 
     args = served_args(path)
     budget = args.kv_cache_mb * 2**20

@@ -8,7 +8,7 @@ import pytest
 from chatpack.evaluation import runner
 from chatpack.evaluation.data import DEFAULT_EVAL_DATA, load_eval_rows
 from steps import log_onnx_pyfunc, log_transformers
-from tests.test_server import logged
+from tests.helpers import logged
 
 
 def test_timed_sample_spreads_over_the_rows_and_keeps_both_ends():

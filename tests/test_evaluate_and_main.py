@@ -135,7 +135,7 @@ def test_reuse_hits_only_on_same_params_as_logged_and_same_code(tmp_path):
     assert find_reusable_run(experiment, "log_onnx_pyfunc", {"fetch_run_id": run_id}, "files:abc") is None
 
 
-@pytest.mark.parametrize("edited", ["chatpack/evaluation/quality.py", "chatpack/engine/stops.py",
+@pytest.mark.parametrize("edited", ["chatpack/evaluation/quality.py", "chatpack/engine/detokenizer.py",
                                     "chatpack/flavours/onnx_chat/pyfunc_model.py", "chatpack/project.py",
                                     "steps/common.py", "data/eval_prompts.jsonl"])
 def test_code_version_changes_when_a_file_in_any_subpackage_changes(tmp_path, edited):

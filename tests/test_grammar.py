@@ -17,7 +17,7 @@ from chatpack.engine.guidance import GuidanceError, reply_guidance, styled
 from chatpack.protocol.chat_request import GenerationOptions
 from chatpack.protocol.reply_format import Guidance, read_reply_format
 from chatpack.sources.fetch import fetched_model
-from tests.test_onnx_engine import chat
+from tests.helpers import chat
 
 
 @pytest.fixture(scope="module")

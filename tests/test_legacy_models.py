@@ -21,7 +21,7 @@ from chatpack.protocol.chat_request import parse_request
 from chatpack.serving.served_model import ServedModel, code_packages
 from steps import log_onnx_pyfunc
 from tests.conftest import ROOT, free_port, wait_for_http
-from tests.test_server import serve_in_thread
+from tests.helpers import serve_in_thread
 
 # The last commit with the flat package (every logged ONNX model carried all of ``chatpack/`` then).
 LEGACY_COMMIT = "8d41377694c99f101c9987dbf1e9fa750d30ca3d"

@@ -15,7 +15,7 @@ from chatpack.protocol.chat_request import GenerationOptions
 from chatpack.protocol.replies import chat_logprobs, legacy_logprobs
 from chatpack.protocol.reply_format import Guidance
 from chatpack.sources.fetch import fetched_model
-from tests.test_onnx_engine import chat, queued, streamed
+from tests.helpers import chat, queued, streamed
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from steps import log_onnx_pyfunc
-from tests.test_server import MESSAGES, client, logged, serve_cli
+from tests.helpers import MESSAGES, client, logged, serve_cli
 
 PROMPT = "<|user|>\nSay something.<|end|>\n<|assistant|>\n"
 

@@ -2,61 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-import mlflow
 import pytest
 import transformers
-from mlflow.tracking import MlflowClient
 from openai.types.chat import ChatCompletion
 
 from chatpack.sources.fetch import fetched_model
 from steps import log_onnx_pyfunc, log_transformers
-from tests.conftest import free_port, wait_for_http
+from tests.helpers import endpoint, post
 
 pytestmark = pytest.mark.e2e
 ONE = [{"role": "user", "content": "Hello there"}]
 MULTI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
          {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"}]
-
-
-def logged(step, fetch_run_id: str) -> str:
-    assert step.main(["--fetch_run_id", fetch_run_id, "--max_new_tokens", "8"]) == 0
-    return MlflowClient().get_run(mlflow.last_active_run().info.run_id).data.tags["chatpack.model_uri"]
-
-
-def start(model_uri: str):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
-                             "local", "-h", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=180, proc=proc)
-    return proc, f"http://127.0.0.1:{port}/invocations"
-
-
-def post(url: str, body: bytes | dict, timeout: float = 60) -> tuple[int, object, float]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    start_t = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read()), time.perf_counter() - start_t
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}"), time.perf_counter() - start_t
-
-
-def endpoint(step, fetch_run_id: str):
-    proc, url = start(logged(step, fetch_run_id))
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

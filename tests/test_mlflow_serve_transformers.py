@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from steps import log_transformers
-from tests.test_mlflow_serve import endpoint, post
+from tests.helpers import endpoint, post
 
 pytestmark = pytest.mark.e2e
 ONE = [{"role": "user", "content": "Hello there"}]

@@ -7,19 +7,18 @@ way a reply is generated.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from chatpack.engine.chat_engine import Completion, ContextOverflow, OnnxChatEngine, StreamState
-from chatpack.engine.decode_step import RowDecoder
-from chatpack.engine.search_options import search_options
-from chatpack.engine.stops import held_back
+from chatpack.engine.chat_engine import ContextOverflow, OnnxChatEngine, StreamState
+from chatpack.engine.detokenizer import RowDecoder, held_back
+from chatpack.engine.genai_model import search_options
 from chatpack.engine.tool_calls import CallGuard
 from chatpack.engine.tool_prompt import call_text
 from chatpack.protocol.chat_request import GenerationOptions
 from chatpack.sources.fetch import fetched_model
+from tests.helpers import chat, queued, streamed
 
 
 @pytest.fixture(scope="module")
@@ -30,38 +29,6 @@ def onnx_dir(fixture_fetch_run) -> str:
 @pytest.fixture(scope="module")
 def engine(onnx_dir) -> OnnxChatEngine:
     return OnnxChatEngine(onnx_dir)
-
-
-def chat(engine: OnnxChatEngine, text: str) -> list[int]:
-    return engine.encode_chat([{"role": "user", "content": text}])
-
-
-def queued(engine: OnnxChatEngine, requests: list[tuple[list[int], GenerationOptions]]) -> list[Completion | Exception]:
-    """``complete`` every request from its own thread while the model is busy, so that all of them queue first."""
-    results: dict[int, Completion | Exception] = {}
-
-    def call(i: int) -> None:
-        try:
-            results[i] = engine.complete(*requests[i])
-        except Exception as exc:
-            results[i] = exc
-
-    with engine.model_lock:  # the model is busy: every request below has to wait for a row
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
-        for t in threads:
-            t.start()
-        deadline = time.time() + 60  # a guard against hanging, not a speed check
-        while engine.batch.waiting < len(requests) and time.time() < deadline:
-            time.sleep(0.01)
-        assert engine.batch.waiting == len(requests)
-    for t in threads:
-        t.join(timeout=120)
-    return [results[i] for i in range(len(requests))]
-
-
-def streamed(engine: OnnxChatEngine, ids: list[int], options: GenerationOptions) -> tuple[list[str], StreamState]:
-    state = StreamState(len(ids))
-    return list(engine.stream(ids, options, state)), state
 
 
 def test_queued_requests_are_batched_and_match_their_solo_replies(engine):
@@ -117,7 +84,7 @@ def test_streamed_pieces_join_to_the_complete_reply_with_the_same_counts(engine)
             whole.prompt_tokens, whole.completion_tokens, whole.finish_reason)
 
 
-def test_decode_step_ends_a_row_on_eos_stop_sequence_or_max_tokens(engine):
+def test_the_detokenizer_ends_a_row_on_eos_stop_sequence_or_max_tokens(engine):
     hello = engine.encode_text("Hello fin are")  # three tokens: 'Hello', ' fin', ' are'
     eos = min(engine.eos_ids)
 

@@ -12,7 +12,7 @@ from mlflow.models import utils as model_utils
 from openai.types.chat import ChatCompletion
 
 from steps import log_onnx_pyfunc, log_transformers
-from tests.test_server import logged
+from tests.helpers import logged
 
 
 def serving_input(model_uri: str) -> str | None:

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from steps import log_onnx_pyfunc
-from tests.test_server import client, logged, raw, serve_cli
+from tests.helpers import client, logged, raw, serve_cli
 
 STORY = [{"role": "user", "content": "Tell me a story."}]
 

@@ -21,8 +21,7 @@ from chatpack.serving.observability.tracing import TraceSettings
 from chatpack.serving.served_model import ServedModel
 from steps import log_onnx_pyfunc, log_transformers
 from tests.conftest import wait_for_http
-from tests.test_serve_observability import serving, spans_by_name, traces_of
-from tests.test_server import client, logged, raw, serve_in_thread
+from tests.helpers import client, logged, raw, serve_in_thread, serving, spans_by_name, traces_of
 
 UNIT = {"type": "object", "properties": {"unit": {"enum": ["celsius", "fahrenheit"]}, "ok": {"type": "boolean"}},
         "required": ["unit", "ok"], "additionalProperties": False}

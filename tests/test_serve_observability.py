@@ -3,7 +3,6 @@ token counts, finish reason and options; text only when asked), and Prometheus m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -13,60 +12,18 @@ import uuid
 import mlflow
 import openai
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatpack.serving.app import create_app
 from chatpack.serving.observability.request_context import RequestContext
 from chatpack.serving.observability.tracing import TraceRecord, TraceSettings, phases
-from chatpack.serving.served_model import CountingLock, ServedModel
+from chatpack.serving.served_model import CountingLock
 from steps import log_onnx_pyfunc, log_transformers
-from tests.conftest import free_port, wait_for_http
-from tests.test_server import MESSAGES, client, logged, raw
+from tests.helpers import MESSAGES, client, logged, raw, serving, spans_by_name, traces_of
 
 
 @pytest.fixture(scope="module")
 def onnx_uri(fixture_fetch_run) -> str:
     return logged(log_onnx_pyfunc, fixture_fetch_run, "--max_new_tokens", "16")
-
-
-def traces_of(experiment: str, model_id: str | None = None, expected: int = 0) -> list:
-    """The experiment's traces, oldest first, once ``expected`` of them have been written (export is async)."""
-    deadline, found = time.time() + 30, []
-    while time.time() < deadline:
-        exp = mlflow.get_experiment_by_name(experiment)
-        if exp is not None:
-            found = mlflow.search_traces(locations=[exp.experiment_id], model_id=model_id, return_type="list",
-                                         order_by=["timestamp_ms ASC"], flush=True)
-            if len(found) >= expected:
-                return found
-        time.sleep(0.3)
-    return found
-
-
-def serving(uri: str, settings: TraceSettings) -> tuple[ServedModel, contextlib.AbstractContextManager]:
-    """A ServedModel and the app over it with ``settings``, to run under uvicorn in this process."""
-    served = ServedModel(uri)
-    return served, running(served, settings)
-
-
-@contextlib.contextmanager
-def running(served: ServedModel, settings: TraceSettings):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(served, tracing=settings), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=120)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def spans_by_name(trace) -> dict:
-    return {span.name: span for span in trace.data.spans}
 
 
 def test_every_chat_request_is_a_trace_linked_to_the_served_model(onnx_uri):

@@ -18,7 +18,7 @@ from chatpack.serving.transformers_adapter import TransformersChat
 from chatpack.sources.fetch import fetched_model
 from steps import log_transformers
 from tests.conftest import run_fetch, wait_for_http
-from tests.test_server import client, logged, serve_in_thread
+from tests.helpers import client, logged, serve_in_thread
 
 MESSAGES = [{"role": "user", "content": "Say something."}]
 HUB_COMMIT = "89abcdef0123456789abcdef0123456789abcdef"

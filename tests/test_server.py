@@ -2,80 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-import mlflow
 import openai
 import pytest
-import uvicorn
-from mlflow.tracking import MlflowClient
-from openai import OpenAI
 
-from chatpack.serving.app import create_app
 from chatpack.serving.served_model import ServedModel
 from steps import log_onnx_pyfunc, log_transformers
 from tests.conftest import free_port, wait_for_http
-
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say something."}]
-
-
-def logged(step, fetch_run_id: str, *extra: str) -> str:
-    assert step.main(["--fetch_run_id", fetch_run_id, *extra]) == 0
-    return MlflowClient().get_run(mlflow.last_active_run().info.run_id).data.tags["chatpack.model_uri"]
-
-
-@contextlib.contextmanager
-def serve_cli(model_uri: str, *extra: str):
-    """`python -m steps.serve` in a subprocess, as users start it."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "steps.serve", "--model_uri", model_uri, "--port", str(port),
-                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-@contextlib.contextmanager
-def serve_in_thread(served: ServedModel, load: bool = True):
-    """The same app under uvicorn in this process, so a test can control loading."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(served, load_in_background=load), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def client(base: str) -> OpenAI:
-    return OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def raw(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+from tests.helpers import MESSAGES, client, logged, raw, serve_cli, serve_in_thread
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import soak
 from steps import log_onnx_pyfunc
-from tests.test_server import logged
+from tests.helpers import logged
 
 
 def test_the_mix_is_half_streamed_with_every_tenth_stream_cancelled():

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 
 import pytest
 from mlflow.models.utils import _enforce_schema
 
 from chatpack.engine.guidance import MAX_PARALLEL_CALLS, build, closed
-from chatpack.engine.scheduler import FairLock
 from chatpack.engine.tool_calls import CallGuard, ReplyReader
 from chatpack.engine.tool_prompt import call_text, conversation
 from chatpack.flavours.onnx_chat.log_model import chat_or_prompt_signature
@@ -272,24 +269,3 @@ def test_mlflow_schema_enforcement_passes_every_structured_field_unchanged():
             "tool_choice": {"type": "function", "function": {"name": "f"}}, "response_format": SCHEMA}
     (row,) = _enforce_schema(body, chat_or_prompt_signature().inputs).to_dict(orient="records")
     assert parse_request(row) == parse_request(body)
-
-
-# -- the model lock is first come, first served ----------------------------------------------------------------------
-
-def test_the_model_lock_is_granted_in_arrival_order():
-    lock, order = FairLock(), []
-
-    def take(i: int) -> None:
-        with lock:
-            order.append(i)
-
-    with lock:
-        threads = []
-        for i in range(6):
-            threads.append(threading.Thread(target=take, args=(i,)))
-            threads[-1].start()
-            time.sleep(0.02)  # each one asks after the previous one
-        assert lock.locked() and not lock.acquire(blocking=False)
-    for thread in threads:
-        thread.join(timeout=10)
-    assert order == list(range(6)) and not lock.locked()

@@ -19,8 +19,7 @@ from benchmarks.structured_cases import CASES, obj
 from chatpack.serving.served_model import ServedModel
 from steps import log_onnx_pyfunc, log_transformers
 from tests.conftest import wait_for_http
-from tests.test_mlflow_serve import post, start
-from tests.test_server import client, logged, raw, serve_in_thread
+from tests.helpers import client, logged, mlflow_models_serve, post, raw, serve_in_thread
 
 pytestmark = pytest.mark.bundled
 WEATHER = obj({"city": {"type": "string"}}, {"unit": {"enum": ["celsius", "fahrenheit"]}})
@@ -224,7 +223,7 @@ def test_the_transformers_flavour_refuses_what_it_cannot_do_naming_the_field(fix
 def test_mlflow_models_serve_passes_every_structured_field_to_the_model(model_uri):
     """The signature declares response_format, tools, tool_choice and parallel_tool_calls (MLflow drops undeclared
     fields): through the stock scoring server they are enforced as through ``serve``."""
-    proc, url = start(model_uri)
+    proc, url = mlflow_models_serve(model_uri)
     try:
         status, replies, _ = post(url, {"messages": ASK_WEATHER, "response_format": schema_format(WEATHER)})
         assert status == 200 and jsonschema.validate(json.loads(replies[0]["choices"][0]["message"]["content"]),

@@ -13,8 +13,7 @@ from chatpack.evaluation.champion import Verdict
 from chatpack.evaluation.intervals import Interval
 from chatpack.evaluation.sweep import is_pareto, sweep_markdown, sweep_rows
 from steps import evaluate, log_onnx_pyfunc, log_transformers
-from tests.conftest import FIXTURE_MODEL, run_fetch
-from tests.test_evaluate_and_main import small_eval_set
+from tests.conftest import FIXTURE_MODEL, run_fetch, small_eval_set
 
 
 def summary(quality: float, tokens_per_s: float) -> dict[str, float]:

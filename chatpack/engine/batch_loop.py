@@ -1,17 +1,18 @@
 """Continuous batching over :class:`~chatpack.engine.kv_rows.KvRows`: every request joins the running batch.
 
-One thread owns the rows. Each turn of its loop it (1) takes waiting requests into free rows, prefilling each prompt
-after the longest prefix a row still holds from an earlier request (prefix reuse), then (2) runs one decode step over
-every active row, each row choosing its own next token (:class:`~chatpack.engine.sampler.Sampler`: greedy, or sampled
-with its own seed) and going through the shared decode step (:class:`~chatpack.engine.decode_step.RowDecoder`: EOS,
-stops, ``max_tokens``, logprobs). A constrained row (structured output, tools) draws under its own token mask
-(:mod:`chatpack.engine.grammar`): the masks of a step's constrained rows are computed together, on another thread
-while onnxruntime runs the step (a mask depends only on the tokens the row has taken); the drawn token goes back to
-the row's matcher. Where the grammar then allows one continuation only (JSON keys, punctuation, a tool call's
-envelope), the row feeds those tokens in a pass of its own (fast-forward) and takes each one it draws itself from
-that pass's logits, under its mask, as it would one step at a time; a row whose grammar admits nothing but the end
-of the reply ends without another step. A request running alone, greedy, may instead verify a draft copied from its
-own context (prompt-lookup speculation) the same way.
+One thread owns the rows and runs what its scheduler (:class:`~chatpack.engine.scheduler.Scheduler`: who waits, who
+gets which row, when) decides. Each turn of its loop it (1) prefills the requests the scheduler admits into the rows
+it gives them, each prompt after the longest prefix its row still holds from an earlier request (prefix reuse), then
+(2) runs one decode step over every active row, each row choosing its own next token
+(:class:`~chatpack.engine.sampler.Sampler`: greedy, or sampled with its own seed) and going through the shared
+detokenizer (:class:`~chatpack.engine.detokenizer.RowDecoder`: EOS, stops, ``max_tokens``, logprobs). A constrained
+row (structured output, tools) draws under its own token mask (:mod:`chatpack.engine.grammar`): the masks of a
+step's constrained rows are computed together, on another thread while onnxruntime runs the step (a mask depends
+only on the tokens the row has taken); the drawn token goes back to the row's matcher. Where the grammar then allows
+one continuation only (JSON keys, punctuation, a tool call's envelope), the row feeds those tokens in a pass of its
+own (fast-forward) and takes each one it draws itself from that pass's logits, under its mask, as it would one step
+at a time; a row whose grammar admits nothing but the end of the reply ends without another step. A request running
+alone, greedy, may instead verify a draft copied from its own context (prompt-lookup speculation) the same way.
 
 Rows are kept in two regions: active rows first (a decode step runs rows ``0..active-1`` in one call), then idle
 rows, which keep the KV cache of the requests they last served, most recently used first to be kept. Only what a
@@ -33,15 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from chatpack.engine.batch_job import END, Job
 from chatpack.engine.grammar import Masker, masked
 from chatpack.engine.guidance import GuidanceError
 from chatpack.engine.kv_rows import KvRows
-from chatpack.engine.prompt_passes import Row, common_prefix, draft_tokens, prefill_chunks, settle, unsettled
-from chatpack.engine.scheduler import make_room
+from chatpack.engine.prompt_passes import Row, draft_tokens, prefill_chunks, settle
+from chatpack.engine.scheduler import END, Admission, Job, Scheduler
 
 logger = logging.getLogger(__name__)
-REPLY_HEADROOM = 256  # reply tokens a request is admitted with room for (its reply may grow past them)
 
 _LOOPS: weakref.WeakSet = weakref.WeakSet()
 
@@ -55,13 +54,15 @@ def _close_loops() -> None:
 class BatchLoop:
     """The rows' owner thread (see the module docstring). ``speculate``: the longest draft a lone greedy request
     verifies per pass (0: off); ``fast_forward``: constrained rows take the tokens their grammar forces in a pass;
-    ``reuse_decoded``: a later request may reuse a finished reply's keys/values as its decode steps computed them
-    (llama.cpp's way: no wait for settling, but not what a cold prompt computes, so its reply may differ)."""
+    ``budget_tokens``: the KV positions all rows may hold together (None: every row may fill up), which its
+    :attr:`scheduler` admits requests within; ``reuse_decoded``: a later request may reuse a finished reply's
+    keys/values as its decode steps computed them (llama.cpp's way: no wait for settling, but not what a cold prompt
+    computes, so its reply may differ)."""
 
     def __init__(self, rows: KvRows, model_lock: Any, speculate: int = 0, ngram: int = 3, fast_forward: bool = True,
                  budget_tokens: int | None = None, reuse_decoded: bool = False):
         self.kv, self.model_lock, self.speculate, self.ngram = rows, model_lock, speculate, ngram
-        self.fast_forward, self.budget_tokens, self.reuse_decoded = fast_forward, budget_tokens, reuse_decoded
+        self.fast_forward, self.reuse_decoded = fast_forward, reuse_decoded
         self.rows = [Row() for _ in range(rows.rows)]
         self.active = 0
         # What this model's kernels allow (KvRows.probe). Where a step's unpaired last row is computed differently,
@@ -70,65 +71,47 @@ class BatchLoop:
         # only where any split of a prompt computes the same keys and values.
         same_rows, self.reuse = rows.probe() if rows.rows > 2 else (True, rows.rows > 0)
         self.pad_odd = not same_rows
-        self.capacity = len(self.rows) - (1 if self.pad_odd and len(self.rows) % 2 else 0)
+        capacity = len(self.rows) - (1 if self.pad_odd and len(self.rows) % 2 else 0)
         self.stats = {"steps": 0, "rows_stepped": 0, "largest_batch": 0, "prompt_tokens": 0, "reused_tokens": 0,
                       "settled_tokens": 0, "drafted": 0, "accepted": 0, "forced": 0, "forced_taken": 0,
                       "forced_passes": 0, "waited_for_memory": 0, "released_rows": 0}
-        self._waiting: list[Job] = []
+        self.scheduler = Scheduler(rows, self.rows, capacity, self.reuse, budget_tokens, self.stats)
         self._masker = Masker()  # constrained rows' masks, beside the model's step
-        self._wake = threading.Condition()
-        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="batch-loop", daemon=True)
         self._thread.start()
         _LOOPS.add(self)
 
     @property
     def waiting(self) -> int:
-        with self._wake:
-            return len(self._waiting)
+        """Jobs waiting for a row."""
+        return self.scheduler.waiting
 
     def submit(self, job: Job) -> Job:
         """Queue ``job`` for the next free row; read its text from ``job.results()``."""
-        with self._wake:
-            if self._closed:
-                raise RuntimeError("the model's batch loop has stopped")
-            self._waiting.append(job)
-            self._wake.notify()
-        return job
+        return self.scheduler.submit(job)
 
     def cancel_thread(self, thread: int) -> int:
         """Cancel every job the thread ``thread`` submitted (its client went away); their rows are freed at the next
         step and their readers get what was made so far. Returns how many were cancelled."""
-        with self._wake:
-            jobs = [job for job in self._waiting + [row.job for row in self.rows if row.job is not None]
-                    if job.thread == thread and not job.cancelled]
-            for job in jobs:
-                job.cancelled = True
-            self._wake.notify()
-        return len(jobs)
+        return self.scheduler.cancel_thread(thread)
 
     # -- the loop --------------------------------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
         """Stop the loop after its current step (waiting and active jobs end with an error). Called for every loop
         when the interpreter exits: a step still inside onnxruntime while the process tears down aborts it."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
+        self.scheduler.close()
         self._thread.join(timeout)
         self._masker.close()
 
     def _loop(self) -> None:
         while True:
-            with self._wake:
-                while (not self._closed and not self._waiting and not self.active
-                       and unsettled(self.rows[self.active:], self.reuse) is None):
-                    self._wake.wait()
+            self.scheduler.wait_for_work(self.active)
             with self.model_lock:
-                if self._closed:
+                if self.scheduler.closed:
                     self._shut()
                     return
                 try:
-                    if not self._waiting and not self.active:
+                    if self.scheduler.idle(self.active):  # nothing waits or runs: settle an idle row's reply
                         self.stats["settled_tokens"] += settle(self.kv, self.rows, self.active, self.reuse)
                         continue
                     self._admit()
@@ -141,42 +124,19 @@ class BatchLoop:
                         self._fail(self.rows[i].job, exc)
 
     def _admit(self) -> None:
-        """Waiting jobs into free rows, each prefilled after the longest prefix an idle row holds."""
-        while self.active < self.capacity:
-            with self._wake:
-                if not self._waiting:
-                    return
-                job = self._waiting.pop(0)
-            if job.cancelled:
-                job.put(END)
-                continue
+        """The jobs the scheduler admits into the rows it gives them, each prefilled after the prefix its row holds."""
+        while (admitted := self.scheduler.admit(self.active)) is not None:
             try:
-                if not self._start(job):  # no memory for it yet: first in line when a running row ends
-                    with self._wake:
-                        self._waiting.insert(0, job)
-                    if not job.waited:
-                        job.waited, self.stats["waited_for_memory"] = True, self.stats["waited_for_memory"] + 1
-                    return
+                self._start(admitted)
             except Exception as exc:  # the job hears about it; the loop goes on
                 logger.exception("prefill failed")
-                self._fail(job, exc)
+                self._fail(admitted.job, exc)
 
-    def _start(self, job: Job) -> bool:
-        """Prefill ``job`` into an idle row (False: not now, the KV budget is held by running rows)."""
-        idle = range(self.active, len(self.rows))
-        shared = {i: min(common_prefix(self.rows[i].tokens[: self.rows[i].exact], job.prompt_ids),
-                         len(job.prompt_ids) - 2) if self.reuse else 0 for i in idle}  # >= 2 new: a prompt pass
-        best = max(idle, key=lambda i: (shared[i], self.rows[i].used))
-        reuse = max(shared[best], 0)
-        if reuse == 0:  # nothing to reuse: take the least recently used row, keep the others' caches
-            best = min(idle, key=lambda i: self.rows[i].used)
-        job.reserve = min(len(job.prompt_ids) + min(job.decoder.remaining, REPLY_HEADROOM), self.kv.row_tokens)
-        if self.budget_tokens is not None:
-            fits, released = make_room(self.kv, self.rows, self.active, best, job.reserve, self.budget_tokens)
-            self.stats["released_rows"] += released
-            if not fits:
-                return False
-        self._swap(best, self.active)
+    def _start(self, admitted: Admission) -> None:
+        """Move the admitted job's row to the end of the active region and prefill its prompt after the prefix the
+        row holds."""
+        job, reuse = admitted.job, admitted.reuse
+        self._swap(admitted.row, self.active)
         index, row = self.active, self.rows[self.active]
         row.job, row.tokens, row.exact, self.active = job, row.tokens[:reuse], 0, self.active + 1
         self.stats["prompt_tokens"] += len(job.prompt_ids)
@@ -191,14 +151,13 @@ class BatchLoop:
         masks.deliver()
         if self._take(index, logits) is not None:
             self._fast_forward(index)
-        return True
 
     def _step(self) -> None:
         """One decode step over every active row (or a speculative pass for a lone greedy request), then a pass of
         its own for each constrained row whose grammar now forces tokens (fast-forward)."""
         count = self.active
         job = self.rows[0].job
-        if count == 1 and self.speculate and not self._waiting and job.sampler.greedy and job.matcher is None:
+        if count == 1 and self.speculate and not self.scheduler.waiting and job.sampler.greedy and job.matcher is None:
             room = min(self.kv.row_tokens - len(self.rows[0].tokens) - 1, job.decoder.remaining - 1)
             draft = draft_tokens(self.rows[0].tokens + [job.next_token], self.ngram, min(self.speculate, room))
             if draft and job.decoder.track is None:
@@ -288,9 +247,7 @@ class BatchLoop:
 
     def _shut(self) -> None:
         closed = RuntimeError("the model's batch loop has stopped (the process is exiting)")
-        with self._wake:
-            waiting, self._waiting = self._waiting, []
-        for job in waiting + [self.rows[i].job for i in reversed(range(self.active))]:
+        for job in self.scheduler.take_waiting() + [self.rows[i].job for i in reversed(range(self.active))]:
             self._fail(job, closed)
 
     def _fail(self, job: Job, exc: BaseException) -> None:

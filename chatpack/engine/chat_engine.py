@@ -8,7 +8,7 @@ two decode steps, reuse the KV cache of an earlier request whose tokens their pr
 (unconstrained), verify prompt-lookup drafts. A constrained request decodes under its own token mask
 (:mod:`chatpack.engine.grammar`, LLGuidance). A request that does not fit a row runs alone in an onnxruntime-genai
 generator (:class:`~chatpack.engine.genai_model.GenaiModel`), between two steps of the batch (``model_lock``), under
-the same matcher. Every reply goes through the shared decode step (:mod:`chatpack.engine.decode_step`).
+the same matcher. Every reply goes through the shared detokenizer (:mod:`chatpack.engine.detokenizer`).
 
 A constrained request gets its matcher when it is submitted, before it waits for the model: the constraint compiles
 there (or comes from the cache of compiled constraints), off the batch thread and within the compile time limit, so
@@ -23,19 +23,19 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from chatpack.engine.batch_job import Job
 from chatpack.engine.batch_loop import BatchLoop
-from chatpack.engine.decode_step import RowDecoder, StreamState, decode
+from chatpack.engine.detokenizer import RowDecoder, StreamState, decode
 from chatpack.engine.genai_model import GenaiModel
 from chatpack.engine.grammar import DEFAULT_COMPILE_SECONDS, Grammars
 from chatpack.engine.kv_rows import KvRows
 from chatpack.engine.logprobs import TokenLogprob, TokenTrack, Vocabulary
-from chatpack.engine.memory import kv_budget_bytes
+from chatpack.engine.memory import kv_budget_bytes, row_layout
 from chatpack.engine.sampler import Sampler
-from chatpack.engine.scheduler import FairLock, Pending, row_layout
+from chatpack.engine.scheduler import FairLock, Job
 from chatpack.engine.tool_calls import CallGuard
 from chatpack.engine.tool_prompt import conversation, template_takes_tools
 from chatpack.protocol.chat_request import GenerationOptions
@@ -67,12 +67,25 @@ class Completion:
     logprobs: list[TokenLogprob] | None = None  # when ``options.logprobs`` asked for them
 
 
+@dataclass
+class Pending:
+    """One request, checked and budgeted: its prompt, options (merged with the model's defaults), token budget and
+    reply state; ``text`` is filled in once it has been answered."""
+
+    prompt_ids: list[int]
+    options: GenerationOptions  # already merged with the model's defaults
+    max_new: int
+    state: StreamState
+    matcher: Any = None  # the constraint's matcher (chatpack.engine.grammar.RowMatcher), made before the model is taken
+    text: str = ""
+
+
 class OnnxChatEngine:
     """Chat replies from the onnxruntime-genai model folder ``model_dir``; ``defaults`` are the logged generation
     options (``max_new_tokens``, ``temperature``, ...), ``max_batch`` the most requests decoding together (KV rows),
     ``threads`` the intra-op threads (None: onnxruntime's default), ``kv_cache_mb`` the KV rows' memory budget
     (0: from the machine's memory, :func:`~chatpack.engine.memory.kv_budget_bytes`; the layout:
-    :func:`~chatpack.engine.scheduler.row_layout`; ``row_tokens`` sets a row's length instead), ``speculate`` the
+    :func:`~chatpack.engine.memory.row_layout`; ``row_tokens`` sets a row's length instead), ``speculate`` the
     longest prompt-lookup draft (0: off), ``compile_seconds`` the longest a constraint may take to compile,
     ``reuse_decoded`` lets a conversation's next turn reuse the reply as decoded (inexact; see
     :class:`~chatpack.engine.batch_loop.BatchLoop`), ``fast_forward`` whether constrained rows take the tokens their

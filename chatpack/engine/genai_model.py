@@ -9,6 +9,13 @@ The ``og.Model`` holds a second copy of the weights beside the KV rows' session 
 size), so it is loaded only when a request first needs the generator, and the tokenizer is made from the folder's
 config without it: a server whose requests all fit its rows holds the weights once.
 
+A request's options become the generator's search options (:func:`search_options`, ``set_search_options``'s keyword
+arguments): greedy unless ``temperature > 0``; ``temperature``/``top_p``/``top_k``/``seed`` are passed only when
+sampling (the 0.18 bindings ignore them without ``do_sample``). onnxruntime-genai takes a 32-bit seed: a larger
+``seed`` (requests take any int64) is used modulo 2**31; a ``top_k`` above the vocabulary (which onnxruntime-genai
+refuses) keeps every token, so it is capped at the vocabulary size. ``max_length`` counts the prompt (the padded
+width, for a batch) plus the new tokens and may not exceed the model's context.
+
 The only module that touches the ``onnxruntime_genai`` API (imported on load: an optional, heavy dependency).
 """
 
@@ -23,10 +30,27 @@ from typing import Any
 
 import numpy as np
 
-from chatpack.engine.search_options import search_options
 from chatpack.protocol.chat_request import GenerationOptions
 
 logger = logging.getLogger(__name__)
+GENAI_SEEDS = 2**31  # random_seed is an int32 in onnxruntime-genai 0.18 (larger ones fail to convert)
+
+
+def search_options(options: GenerationOptions, prompt_tokens: int, max_new: int, context_length: int,
+                   batch_size: int = 1, vocab_size: int | None = None) -> dict[str, Any]:
+    """Search options for ``batch_size`` rows of ``prompt_tokens`` (padded) tokens and up to ``max_new`` new ones."""
+    sample = bool(options.temperature)  # temperature 0 or unset: greedy
+    search: dict[str, Any] = {"max_length": min(prompt_tokens + max_new, context_length), "do_sample": sample,
+                              "batch_size": batch_size}
+    if sample:
+        search["temperature"] = options.temperature
+        if options.top_p is not None:
+            search["top_p"] = options.top_p
+        if options.top_k is not None:
+            search["top_k"] = min(options.top_k, vocab_size) if vocab_size else options.top_k
+        if options.seed is not None:
+            search["random_seed"] = options.seed % GENAI_SEEDS
+    return search
 
 
 class GenaiModel:
@@ -70,7 +94,7 @@ class GenaiModel:
     def generator(self, prompts: list[list[int]], options: GenerationOptions, max_new: int) -> Any:
         """A fresh generator with ``prompts`` appended (one row each, right-padded to the longest), searching with
         ``options`` for up to ``max_new`` tokens past the longest prompt (a constraint is applied by the caller, to
-        the logits: :func:`~chatpack.engine.decode_step.decode`)."""
+        the logits: :func:`~chatpack.engine.detokenizer.decode`)."""
         width = max(len(p) for p in prompts)
         params = self._og.GeneratorParams(self.model)
         params.set_search_options(**search_options(options, width, max_new, self.context_length, len(prompts),

@@ -185,7 +185,7 @@ class Masker:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-masks")
 
     def start(self, jobs: list[Any]) -> _Masks:
-        """Begin the masks of the constrained ones among ``jobs`` (:class:`~chatpack.engine.batch_job.Job`)."""
+        """Begin the masks of the constrained ones among ``jobs`` (:class:`~chatpack.engine.scheduler.Job`)."""
         jobs = [job for job in jobs if job.matcher is not None]
         matchers = [job.matcher for job in jobs]
         return _Masks(self._pool.submit(fill_masks, matchers[0].grammars, matchers) if jobs else None, jobs)

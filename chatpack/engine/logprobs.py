@@ -4,7 +4,7 @@ Which distribution: the log-softmax of the model's raw logits at the step that p
 temperature, top-p/top-k and any decoding constraint (vLLM's and llama.cpp's default "raw" logprobs). So a greedy
 token's logprob is the largest of its step, and a sampled or constrained token reports how likely the model itself
 found it. onnxruntime-genai 0.18 computes a step's logits eagerly (after the prompt is appended, and after each
-``generate_next_token`` for the following step): :func:`~chatpack.engine.decode_step.decode` reads them *before*
+``generate_next_token`` for the following step): :func:`~chatpack.engine.detokenizer.decode` reads them *before*
 asking for the next token, one row per request of a batch.
 
 A :class:`TokenTrack` follows one reply: each counted token (an end-of-turn token is not) with its character span in

@@ -1,9 +1,9 @@
-"""How much memory this process may take, and the KV rows' budget derived from it.
+"""How much memory this process may take, the KV rows' budget derived from it, and the rows' layout within it.
 
 The KV rows are address space (:class:`~chatpack.engine.kv_rows.KvRows` maps them lazily): each row spans the
 model's whole context, so any request the model takes can join the batch, and the memory actually held follows the
 tokens written. What bounds it is a budget in bytes: the batch admits a request while the rows' tokens plus the new
-request's fit (:class:`~chatpack.engine.batch_loop.BatchLoop`), and gives idle rows' memory back first.
+request's fit (:class:`~chatpack.engine.scheduler.Scheduler`), and gives idle rows' memory back first.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 KV_SHARE = 0.5  # of the memory available once the model is loaded: the default KV budget
+MIN_ROW_TOKENS = 1024  # fewer rows rather than rows shorter than this
 
 
 def available_memory() -> int:
@@ -44,3 +45,17 @@ def kv_budget_bytes(budget_mb: int | None, rows: int, row_bytes: int) -> tuple[i
     budget = min(rows * row_bytes, max(row_bytes, int(available * KV_SHARE)))
     return budget, (f"auto: {KV_SHARE:.0%} of the {available / 2**30:.1f} GiB available at load, within 1-{rows} "
                     f"whole rows of {row_bytes / 2**20:.0f} MB")
+
+
+def row_layout(rows: int, context_length: int, bytes_per_token: int, budget: int) -> tuple[int, int]:
+    """(rows, tokens per row) of the KV cache for a budget of ``budget`` bytes. Where the budget holds one row of
+    the model's whole context: ``rows`` such rows (the most requests decoding together; address space, of which the
+    batch keeps what is written within the budget). Below that, the old fixed layout: ``rows`` rows as long as each
+    holds at least :data:`MIN_ROW_TOKENS`, fewer rows otherwise, each as long as the budget allows (a multiple of
+    256), their sum within the budget; requests longer than a row then run alone."""
+    if budget >= context_length * bytes_per_token:
+        return rows, context_length
+    floor = min(context_length, MIN_ROW_TOKENS)
+    rows = max(1, min(rows, budget // (floor * bytes_per_token)))
+    tokens = min(context_length, budget // (rows * bytes_per_token))
+    return rows, tokens if tokens == context_length else max(floor, tokens // 256 * 256)

@@ -21,7 +21,7 @@ class Row:
 
     tokens: list[int] = field(default_factory=list)
     exact: int = 0
-    job: Any = None  # a batch_job.Job
+    job: Any = None  # a scheduler.Job
     used: float = 0.0
 
 

@@ -12,7 +12,7 @@ the logged pipeline (``mlflow.transformers.load_model(..., return_type="pipeline
   options are the pipeline's: the logged ``model_config`` under the request's options, on top of the pipeline's
   defaults (``_prepare_generate_kwargs``); replies to greedy requests equal the pyfunc's;
 - ``stop`` is handled by transformers during generation (``stop_strings`` with the model's tokenizer) and cut from
-  the reply with the decode step the ONNX engine uses (:class:`~chatpack.engine.decode_step.RowDecoder`: end of turn,
+  the reply with the decode step the ONNX engine uses (:class:`~chatpack.engine.detokenizer.RowDecoder`: end of turn,
   counts, stop sequences held back while streaming), so a stop sequence never reaches the client;
 - replies stream token by token (generation runs in its own thread and hands tokens over a queue); closing the
   stream stops generation at the next token.
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chatpack.engine.decode_step import RowDecoder, StreamState
+from chatpack.engine.detokenizer import RowDecoder, StreamState
 from chatpack.protocol.chat_request import GenerationOptions, parse_request
 from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import chat_chunk, chat_completion, completion_id, usage

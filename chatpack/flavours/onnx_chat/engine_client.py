@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from chatpack.engine.batch_job import OWNER
 from chatpack.engine.chat_engine import ContextOverflow, OnnxChatEngine, StreamState
 from chatpack.engine.guidance import GuidanceError, blame, build
 from chatpack.engine.logprobs import TokenLogprob
+from chatpack.engine.scheduler import OWNER
 from chatpack.engine.tool_calls import ReplyReader
 from chatpack.protocol.chat_request import ChatRequest, GenerationOptions
 from chatpack.protocol.errors import RequestError

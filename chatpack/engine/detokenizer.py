@@ -1,15 +1,16 @@
-"""The decode step every generation shares: one reply's next token in, the text now safe to emit out.
+"""The detokenizer every generation shares: one reply's next token in, the text now safe to emit out.
 
 :class:`RowDecoder` follows one reply (a row of a generator): end of turn (an EOS id, not counted), the token count,
 incremental detokenising (``tokenizer.create_stream()``), stop sequences (cut from the text) and the row's own
-``max_tokens``. While a stop sequence might still be forming, its possible start is held back, so a stop sequence
-never leaks into a stream. A reply that may hold tool calls also has a :class:`~chatpack.engine.tool_calls.CallGuard`,
-which may end it early or hold back a call that could be a repeat (a reply that ends while one is held back ends
-without it); stop sequences then apply to free text only.
+``max_tokens``. While a stop sequence might still be forming, its possible start is held back (:func:`held_back`), so
+a stop sequence never leaks into a stream. A reply that may hold tool calls also has a
+:class:`~chatpack.engine.tool_calls.CallGuard`, which may end it early or hold back a call that could be a repeat (a
+reply that ends while one is held back ends without it); stop sequences then apply to free text only.
 :func:`decode` drives a generator's rows step by step; a single request is a generator of one row, a batch one of
-several, and both go through the same step. A reply that asked for logprobs has a
-:class:`~chatpack.engine.logprobs.TokenTrack`: :func:`decode` then reads each step's logits before the next token, and
-the row emits text at token boundaries only, each piece with the entries of its tokens (``state.logprobs``).
+several, and both go through the same step (the continuous batch feeds its rows' tokens to the same
+:class:`RowDecoder`). A reply that asked for logprobs has a :class:`~chatpack.engine.logprobs.TokenTrack`:
+:func:`decode` then reads each step's logits before the next token, and the row emits text at token boundaries only,
+each piece with the entries of its tokens (``state.logprobs``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import numpy as np
 
 from chatpack.engine.grammar import masked
 from chatpack.engine.logprobs import TokenLogprob, TokenTrack
-from chatpack.engine.stops import find_stop, held_back
 from chatpack.engine.tool_calls import CallGuard
 
 
@@ -135,3 +135,25 @@ def decode(generator: Any, rows: list[RowDecoder], matchers: list[Any] | None = 
             pieces.append(piece)
         yield pieces
     yield [row.finish("length") for row in rows]
+
+
+# -- stop sequences ------------------------------------------------------------------------------------------------
+def find_stop(text: str, stops: tuple[str, ...], emitted: int = 0) -> int | None:
+    """Index where the earliest stop sequence starts in ``text`` (searching only where a new one can be), or None."""
+    if not stops:
+        return None
+    start = max(0, emitted - max(len(s) for s in stops))
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of a stop sequence: what a stream holds back
+    while a stop sequence might still be forming."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
