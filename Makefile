@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # `mlflow run --env-manager local` runs each step with the `python` found on PATH: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-docker test-spark-cluster test-full-size test-heavy clean
+.PHONY: setup demo test docs test-docker test-spark-cluster test-full-size test-heavy clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ demo: setup
 test: setup
 	$(BIN)/ruff check chatpack steps tests benchmarks
 	$(BIN)/python -m pytest
+
+# The docs site (docs/, mkdocs.yml): broken links and stale anchors fail the build. CI runs it.
+docs: setup
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-docs.txt
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d site
 
 # Opt-in heavy checks (not in `make test` / CI): a Docker engine, a Spark standalone cluster.
 test-docker: setup

@@ -320,8 +320,11 @@ def _workloads(text: str, flag: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--fetch_run_id", default="", help="fetch_model run whose ONNX folder to load.")
-    p.add_argument("--onnx_dir", default="", help="An onnxruntime-genai model folder (instead of --fetch_run_id).")
+    p.add_argument("--fetch_run_id", default="", type=common.fetch_run_arg,
+                   help="fetch_model run whose ONNX folder to load (demo: the one behind `make demo`'s ONNX model).")
+    p.add_argument("--onnx_dir", default="", type=common.onnx_dir_arg,
+                   help="An onnxruntime-genai folder or a logged ONNX model (models:/..., demo); with neither flag: "
+                        "the ONNX model `make demo` registered.")
     p.add_argument("--threads", type=int, default=common.physical_cores(),
                    help="onnxruntime intra-op threads (default: physical cores), the same for both modes.")
     p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds over the prompts (>= 3).")
@@ -344,7 +347,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse arguments the benchmark cannot measure with (SystemExit naming the flag)."""
     if not (args.fetch_run_id or args.onnx_dir):
-        raise SystemExit("--fetch_run_id or --onnx_dir is required")
+        try:
+            args.onnx_dir = common.onnx_dir_arg("demo")
+        except SystemExit as exc:
+            raise SystemExit(f"--onnx_dir/--fetch_run_id left out and {exc}") from None
     for flag, value, least in (("--rounds", args.rounds, 3), ("--threads", args.threads, 1),
                                ("--batch", args.batch, 1), ("--prompts", args.prompts, 1),
                                ("--max_new_tokens", args.max_new_tokens, 1),

@@ -193,7 +193,7 @@ def skipped_engines(engines: list[str], spec: dict[str, Any]) -> dict[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--fetch_run_id",
+    p.add_argument("--fetch_run_id", default="demo", type=common.fetch_run_arg,
                    help="A finished fetch_model run (bundled model: the llama.cpp peers need its GGUF).")
     p.add_argument("--onnx_model_uri", default="", help="Logged ONNX pyfunc; empty = log one now.")
     p.add_argument("--transformers_model_uri", default="", help="Logged transformers model; empty = log one now.")
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(decode_tables(payload, str(out)))
         return 0
     if not args.fetch_run_id:
-        raise SystemExit("--fetch_run_id is required")
+        raise SystemExit("--fetch_run_id: required (a fetch_model run id, or demo)")
     if args.rounds < 3 or args.threads < 1:
         raise SystemExit("--rounds must be >= 3 and --threads >= 1")
     started = time.perf_counter()

@@ -68,7 +68,9 @@ def long_prompt_round(engine: Any, tokens: int) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--onnx_dir", required=True, help="An onnxruntime-genai model folder (fetch_model's ONNX form).")
+    p.add_argument("--onnx_dir", default="demo", type=common.onnx_dir_arg,
+                   help="An onnxruntime-genai folder, a logged ONNX model (models:/...) or demo (the default: the ONNX "
+                        "model `make demo` registered).")
     p.add_argument("--label", default="", help="What the folder is, for the results (e.g. the fetch source).")
     p.add_argument("--threads", type=int, default=common.physical_cores(), help="onnxruntime intra-op threads.")
     p.add_argument("--rounds", type=int, default=3, help="Decode rounds (>= 3).")

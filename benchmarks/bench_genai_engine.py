@@ -101,7 +101,9 @@ def seed_check(og_engine: GenaiEngine, prompts: list[np.ndarray], max_tokens: in
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--onnx_dir", required=True, help="An onnxruntime-genai model folder (a fetch run's onnx_model).")
+    p.add_argument("--onnx_dir", default="demo", type=common.onnx_dir_arg,
+                   help="An onnxruntime-genai folder, a logged ONNX model (models:/...) or demo (the default: the ONNX "
+                        "model `make demo` registered).")
     p.add_argument("--threads", type=int, default=common.physical_cores(), help="Intra-op threads for both engines.")
     p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds (>= 3 for a reported figure).")
     p.add_argument("--max_tokens", type=int, default=32, help="Reply budget per request (greedy).")

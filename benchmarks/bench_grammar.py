@@ -109,7 +109,9 @@ def time_xgrammar(xgr: Any, info: Any, kind: str, text: str, schema: dict | None
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_dir", required=True, help="An ONNX model folder (tokenizer.json, genai_config.json).")
+    p.add_argument("--model_dir", default="demo", type=common.onnx_dir_arg,
+                   help="An onnxruntime-genai folder, a logged ONNX model (models:/...) or demo (the default: the ONNX "
+                        "model `make demo` registered).")
     p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds (>= 3).")
     p.add_argument("--out", default=str(common.RESULTS / "grammar-libs.json"))
     args = p.parse_args(argv)

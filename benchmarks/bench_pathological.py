@@ -245,8 +245,9 @@ def table(results: dict[str, Any]) -> str:
 # -- main ------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_uri", required=True,
-                   help="The ONNX pyfunc model to serve (models:/...; set MLFLOW_TRACKING_URI to its tracking store).")
+    p.add_argument("--model_uri", default="demo", type=common.model_uri_arg,
+                   help="The ONNX model: a models:/ or runs:/ URI, or demo (the default: the ONNX model `make demo` "
+                        "registered).")
     p.add_argument("--threads", type=int, default=common.physical_cores(),
                    help="serve --threads: onnxruntime intra-op threads (default: physical cores).")
     p.add_argument("--compile_timeout_s", type=float, default=5.0,

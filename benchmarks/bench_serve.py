@@ -320,7 +320,9 @@ def same_conversations(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> floa
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_uri", required=True, help="The ONNX pyfunc model `chatpack serve` serves.")
+    p.add_argument("--model_uri", default="demo", type=common.model_uri_arg,
+                   help="The ONNX model: a models:/ or runs:/ URI, or demo (the default: the ONNX model `make demo` "
+                        "registered).")
     p.add_argument("--servers", default="chatpack,llama_server",
                    help="Comma-separated: chatpack, chatpack_as_logged (the model without the threads key), "
                         "chatpack_reuse_decoded (serve --reuse_decoded true), llama_server, mlflow (uniform "

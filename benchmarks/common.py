@@ -18,8 +18,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from chatpack.serving.cpus import physical_cores  # every engine's default thread count
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 LIBRARIES = ("onnxruntime-genai", "onnxruntime", "transformers", "torch", "mlflow", "llama-cpp-python",
@@ -68,6 +66,14 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 # -- machine ---------------------------------------------------------------------------------------------------------
+def physical_cores() -> int:
+    """Every engine's default thread count: the machine's physical cores, as ``serve`` counts them (imported on call:
+    importing a benchmark module loads nothing of chatpack)."""
+    from chatpack.serving.cpus import physical_cores as cores
+
+    return cores()
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -319,3 +325,57 @@ class CpuMeter:
         others = (busy - self.busy0) - (ours - self.ours0)
         # /proc/stat counts in clock ticks: over a short window the share can round past the machine; cap it.
         return round(min(1.0, max(0.0, others) / (wall * (os.cpu_count() or 1))), 3)
+
+
+# -- models: the benchmarks find them, nobody copies run ids by hand --------------------------------------------------
+DEMO_MODEL = "smollm2-135m-instruct-chat"  # what `make demo` registers (@champion and @challenger)
+
+
+def demo_onnx_uri(name: str = DEMO_MODEL) -> str:
+    """The ONNX model of ``make demo``'s registered model: whichever of ``@champion``/``@challenger`` is the ONNX
+    flavour (the evaluation decides which alias it gets). Run ``make demo`` first."""
+    import mlflow
+    from mlflow.models import Model
+
+    for alias in ("champion", "challenger"):
+        uri = f"models:/{name}@{alias}"
+        try:
+            meta = Model.load(uri)
+        except Exception:  # noqa: BLE001 - no such alias (yet): try the other one, then explain
+            continue
+        if (meta.metadata or {}).get("chatpack_concurrency") == "batched":
+            return uri
+    raise SystemExit(f"no ONNX model registered as {name}@champion/@challenger in {mlflow.get_tracking_uri()}: run "
+                     "`make demo` first (or pass a models:/ URI)")
+
+
+def model_uri_arg(value: str) -> str:
+    """``--model_uri``: a model URI, or ``demo`` for :func:`demo_onnx_uri`."""
+    return demo_onnx_uri() if value == "demo" else value
+
+
+def onnx_dir_arg(value: str) -> str:
+    """``--onnx_dir``: an onnxruntime-genai folder, or a logged ONNX model (``models:/``, ``runs:/``, ``demo``) whose
+    ``onnx_model`` artifact is used."""
+    if value != "demo" and not value.startswith(("models:/", "runs:/")):
+        return value
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(model_uri_arg(value)))
+    folder = local / "artifacts" / "onnx_model"
+    if not (folder / "genai_config.json").is_file():
+        raise SystemExit(f"--onnx_dir: {value} is not an ONNX model logged by chatpack (no artifacts/onnx_model)")
+    return str(folder)
+
+
+def fetch_run_arg(value: str) -> str:
+    """``--fetch_run_id``: a fetch_model run id, or ``demo`` for the fetch run behind :func:`demo_onnx_uri` (the run
+    that logged it names it in its ``fetch_run_id`` param)."""
+    if value != "demo":
+        return value
+    from mlflow import MlflowClient
+    from mlflow.models import Model
+
+    client = MlflowClient()
+    logged = client.get_logged_model(Model.load(demo_onnx_uri()).model_id)
+    return client.get_run(logged.source_run_id).data.params["fetch_run_id"]

@@ -1,7 +1,7 @@
-"""README's benchmark tables, generated from the committed results files.
+"""The docs' benchmark tables, generated from the committed results files.
 
-    python -m benchmarks.report            # rewrite the tables between the marker comments in README.md
-    python -m benchmarks.report --check    # exit 1 when README's tables differ from what the results give
+    python -m benchmarks.report            # rewrite the tables between the marker comments in docs/**/*.md
+    python -m benchmarks.report --check    # exit 1 when a page's tables differ from what the results give
 
 Every figure is the median over rounds with the min-max range in brackets; each table names the file it came from.
 Only the text between ``<!-- benchmarks:<name>:begin ... -->`` and ``<!-- benchmarks:<name>:end -->`` is replaced.
@@ -213,14 +213,14 @@ def _short(arg: str) -> str:
     return Path(arg).name if "/" in arg and not arg.startswith("models:/") else arg
 
 
-# -- README ----------------------------------------------------------------------------------------------------------
+# -- pages -----------------------------------------------------------------------------------------------------------
 def replace_block(text: str, name: str, body: str) -> str:
     """``text`` with the block between the markers of ``name`` replaced by ``body``; raises when markers are missing."""
     begin, end = MARKER_BEGIN.format(name=name), MARKER_END.format(name=name)
     pattern = re.compile(re.escape(begin) + r"[^\n]*-->\n(.*?)" + re.escape(end), re.S)
     match = pattern.search(text)
     if match is None:
-        raise ValueError(f"README has no '{begin} ... -->' / '{end}' markers")
+        raise ValueError(f"the page has no '{begin} ... -->' / '{end}' markers")
     return text[:match.start(1)] + body.rstrip("\n") + "\n" + text[match.end(1):]
 
 
@@ -237,24 +237,37 @@ def build(results: Path) -> dict[str, str]:
     return blocks
 
 
+def pages_of(paths: list[str]) -> list[Path]:
+    """The Markdown files under ``paths`` (files, or folders searched recursively), sorted."""
+    found: set[Path] = set()
+    for path in map(Path, paths):
+        found.update(path.rglob("*.md") if path.is_dir() else [path])
+    return sorted(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="Folder with decode/serve.json.")
-    p.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update.")
-    p.add_argument("--check", action="store_true", help="Only compare; exit 1 when README is out of date.")
+    p.add_argument("--pages", nargs="+", default=[str(ROOT / "docs")],
+                   help="Markdown files, or folders of them, that hold the tables' markers (default: docs/).")
+    p.add_argument("--check", action="store_true", help="Only compare; exit 1 when a page is out of date.")
     args = p.parse_args(argv)
-    readme = Path(args.readme)
-    text = readme.read_text()
-    new = text
+    texts = {page: page.read_text() for page in pages_of(args.pages)}
+    new = dict(texts)
     for name, body in build(Path(args.results)).items():
-        new = replace_block(new, name, body)
+        holders = [page for page, text in new.items() if MARKER_BEGIN.format(name=name) in text]
+        if not holders:
+            marker = MARKER_BEGIN.format(name=name)
+            raise ValueError(f"no page under {', '.join(args.pages)} has the '{marker}' markers")
+        for page in holders:
+            new[page] = replace_block(new[page], name, body)
+    stale = [page for page in texts if new[page] != texts[page]]
     if args.check:
-        if new != text:
-            print(f"{readme}: benchmark tables are out of date; run python -m benchmarks.report", file=sys.stderr)
-            return 1
-        return 0
-    if new != text:
-        readme.write_text(new)
+        for page in stale:
+            print(f"{page}: benchmark tables are out of date; run python -m benchmarks.report", file=sys.stderr)
+        return 1 if stale else 0
+    for page in stale:
+        page.write_text(new[page])
     return 0
 
 

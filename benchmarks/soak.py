@@ -30,7 +30,7 @@ from typing import Any
 from urllib.request import urlopen
 
 from benchmarks.client import Reply, chat
-from benchmarks.common import free_port, machine_info, percentile, stop_process, wait_for_http
+from benchmarks.common import free_port, machine_info, model_uri_arg, percentile, stop_process, wait_for_http
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPTS = ["What is the capital of France?", "Name three fruits.", "Write a haiku about rain.",
@@ -258,7 +258,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_uri", required=True, help="The model to serve (the bundled ONNX model for the record).")
+    p.add_argument("--model_uri", default="demo", type=model_uri_arg,
+                   help="The ONNX model: a models:/ or runs:/ URI, or demo (the default: the ONNX model `make demo` "
+                        "registered).")
     p.add_argument("--requests", type=int, default=1000, help="Requests after the warm-up (half sequential).")
     p.add_argument("--clients", type=int, default=8, help="Concurrent clients in the second half.")
     p.add_argument("--cancel_every", type=int, default=10, help="Cancel every n-th streamed request (0: none).")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.client import chat
-from benchmarks.common import CpuMeter, group_cpu_seconds, machine_info, stop_process
+from benchmarks.common import CpuMeter, group_cpu_seconds, machine_info, model_uri_arg, stop_process
 from benchmarks.soak import PROMPTS, start_serve
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -121,7 +121,9 @@ def rounds(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_uri", required=True, help="The model both servers serve.")
+    p.add_argument("--model_uri", default="demo", type=model_uri_arg,
+                   help="The ONNX model: a models:/ or runs:/ URI, or demo (the default: the ONNX model `make demo` "
+                        "registered).")
     p.add_argument("--requests", type=int, default=120, help="Timed requests per server (half streamed).")
     p.add_argument("--block", type=int, default=10, help="Requests per turn before switching servers.")
     p.add_argument("--max_tokens", type=int, default=32, help="Tokens per reply.")

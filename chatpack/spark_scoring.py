@@ -4,9 +4,9 @@ Where the model is loaded: **on the executors, from the tracking server.** Each 
 ``mlflow.pyfunc.load_model(model_uri)`` itself (once per worker process, cached) against the driver's tracking URI;
 the driver never downloads the model. ``mlflow.pyfunc.spark_udf(..., env_manager="local")``, used here before, downloads
 the whole model on the driver and ships it to the executors through Spark's file distribution (``addFile``), so the
-driver needs the disk and bandwidth for every model it scores. Measured on a standalone cluster (README, "Spark batch
-inference"): the executor-side load gives the same replies and no driver download; the tracking server's access log
-shows one download of the model's files per Python worker.
+driver needs the disk and bandwidth for every model it scores. Measured on a standalone cluster (docs/deployment.md,
+"Spark batch inference"): the executor-side load gives the same replies and no driver download; the tracking
+server's access log shows one download of the model's files per Python worker.
 
 What the executors need: the tracking URI reachable from them (an ``http(s)://`` tracking server, best with proxied
 artifacts, ``mlflow server --serve-artifacts``; a ``sqlite:`` or ``file:`` store only works when the workers share

@@ -162,19 +162,19 @@ def test_readme_block_replaced_between_markers_only(tmp_path):
     results.mkdir()
     (results / "decode.json").write_text(json.dumps(DECODE))
     (results / "serve.json").write_text(json.dumps(SERVE))
-    assert report.main(["--results", str(results), "--readme", str(readme), "--check"]) == 1
-    assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
+    assert report.main(["--results", str(results), "--pages", str(readme), "--check"]) == 1
+    assert report.main(["--results", str(results), "--pages", str(readme)]) == 0
     after = readme.read_text()
     assert after.startswith("# x\n\n## Benchmarks\n\nprose\n\n<!-- benchmarks:decode:begin (generated) -->\nSource:")
     assert after.endswith("<!-- benchmarks:serve:end -->\n\n## Next\nuntouched\n")
     assert "STALE-TABLE" not in after and "| chatpack serve | mixed | 8 |" in after
-    assert report.main(["--results", str(results), "--readme", str(readme), "--check"]) == 0
+    assert report.main(["--results", str(results), "--pages", str(readme), "--check"]) == 0
     with pytest.raises(ValueError, match="markers"):
         report.replace_block("no markers here", "decode", "x")
 
 
-def test_committed_results_match_readme():
-    """README's tables are what the committed results give (rerun python -m benchmarks.report after a benchmark)."""
+def test_committed_results_match_the_docs_tables():
+    """The docs' tables are what the committed results give (rerun python -m benchmarks.report after a benchmark)."""
     if not (ROOT / "benchmarks" / "results" / "decode.json").is_file():
         pytest.skip("no committed results")
     assert report.main(["--check"]) == 0

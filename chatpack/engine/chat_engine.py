@@ -46,7 +46,7 @@ __all__ = ["Completion", "ContextOverflow", "OnnxChatEngine", "StreamState"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_KV_CACHE_MB = 0  # the KV rows' memory budget; 0: from the machine's memory (chatpack.engine.memory)
-SPECULATE = 0  # the longest prompt-lookup draft a lone greedy request verifies in one pass (0: off; see README)
+SPECULATE = 0  # the longest prompt-lookup draft a greedy request verifies in one pass (0: off; docs/design/batching.md)
 
 
 class ContextOverflow(ValueError):

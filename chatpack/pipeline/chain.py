@@ -28,7 +28,7 @@ from chatpack.sources.resolve import sha256_file
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
-DEFAULT_RECIPES = "int8:block_size=128"  # the default sweep: see README (main)
+DEFAULT_RECIPES = "int8:block_size=128"  # the default sweep: see docs/steps/main.md
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ def check_supported(chat: ChatRequest, served: ServedModel) -> ChatRequest:
         what, flavour = "tool turns" if field == "messages" else "it", getattr(served, "flavour", None) or "pyfunc"
         raise RequestError(field, f"{field}: this model ({flavour} flavour) does not implement {what}; structured "
                                   "outputs and tool calls need an ONNX model logged by chatpack with constrained "
-                                  "decoding (see README, Structured outputs and tool calls)")
+                                  "decoding (see docs/serving/chat.md)")
     if chat.options.logprobs is not None and "logprobs" not in model_features(served):
         raise RequestError("logprobs", f"logprobs: this model ({_flavour(served)} flavour) does not report them; "
                                        "logprobs need an ONNX model logged by chatpack with logprobs support (see "
-                                       "README, Logprobs)")
+                                       "docs/serving/chat.md)")
     return chat
 
 

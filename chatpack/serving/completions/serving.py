@@ -31,8 +31,8 @@ def check_completions(completion: CompletionRequest, served: ServedModel) -> Com
     if "text_completion" not in model_features(served):
         flavour = getattr(served, "flavour", None) or "pyfunc"
         raise RequestError("prompt", f"prompt: this model ({flavour} flavour) does not answer text completions; "
-                                     "/v1/completions needs an ONNX model logged by chatpack (see README, "
-                                     "Text completions); use /v1/chat/completions")
+                                     "/v1/completions needs an ONNX model logged by chatpack (see "
+                                     "docs/serving/completions.md); use /v1/chat/completions")
     return completion
 
 
