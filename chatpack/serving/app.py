@@ -94,8 +94,11 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
+        # OpenAI's list, with the fields Anthropic's model list adds (type, display_name, created_at, has_more, ...)
         return JSONResponse({"object": "list", "data": [
-            {"id": served.name, "object": "model", "created": 0, "owned_by": "mlflow", "root": served.model_uri}]})
+            {"id": served.name, "object": "model", "created": 0, "owned_by": "mlflow", "root": served.model_uri,
+             "type": "model", "display_name": served.name, "created_at": "1970-01-01T00:00:00Z"}],
+            "has_more": False, "first_id": served.name, "last_id": served.name})
 
     register_chat(app, served)
     register_responses(app, served)
