@@ -115,6 +115,8 @@ def test_tool_choices_errors_and_a_merged_run_of_turns():
      "cache_control.type: 'persistent' is not 'ephemeral'"),
     ({**BASE, "messages": [{"role": "user", "content": "hi"}], "metadata": {"tenant": "x"}},
      "metadata.tenant: unsupported field"),
+    ({**BASE, "messages": [{"role": "user", "content": "hi"}], "metadata": {"user_id": "u" * 300}},
+     "metadata.user_id: expected a string of at most 256 characters, got 300 characters"),
 ])
 def test_unsupported_fields_and_values_are_refused_by_name(body, says):
     assert says in refused(body)
@@ -229,7 +231,8 @@ def test_tokenize_bodies_in_both_shapes():
     llama = parse_tokenize({"content": "hi", "with_pieces": True})
     assert (llama.text, llama.add_special, llama.pieces) == ("hi", False, True)
     assert parse_tokenize({"content": "hi", "add_special_tokens": True}).add_special
-    chat = parse_tokenize({"messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": True})
+    chat = parse_tokenize({"messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": True,
+                           "chat_template_kwargs": {}})
     assert chat.chat.messages == [{"role": "user", "content": "hi"}]
     for body, says in (({"prompt": "a", "content": "b"}, "not prompt and content"),
                        ({"messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": False},

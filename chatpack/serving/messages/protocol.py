@@ -438,8 +438,9 @@ def _metadata(value: Any) -> None:
     body = _keys(value, "metadata", ("user_id",), param="metadata")
     user = body.get("user_id")
     if user is not None and (not isinstance(user, str) or len(user) > MAX_USER_ID):
+        got = f"{len(user)} characters" if isinstance(user, str) else _shown(user)
         raise RequestError("metadata", f"metadata.user_id: expected a string of at most {MAX_USER_ID} characters, "
-                                       f"got {_shown(user)}")
+                                       f"got {got}")
 
 
 def _cache_control(value: Any, path: str) -> None:

@@ -10,8 +10,8 @@
 - ``messages`` (vLLM's chat form): OpenAI chat messages (and ``tools``) with the model's chat template applied, as
   ``/v1/chat/completions`` would feed them to the model; ``add_generation_prompt`` true, ``continue_final_message``
   and ``add_special_tokens`` false only (the template is applied as the server applies it); the fields of vLLM's that
-  change the template (``chat_template``, ``chat_template_kwargs``, ``documents``, ``mm_processor_kwargs``) are
-  refused by name.
+  change the template (``chat_template``, ``chat_template_kwargs`` other than ``{}``, ``documents``,
+  ``mm_processor_kwargs``) are refused by name.
 
 Either flag name (``add_special_tokens``, ``add_special``) works with either text key; ``with_pieces`` (llama.cpp)
 and ``return_token_strs`` (vLLM) ask for each token's text. ``/detokenize`` takes ``tokens`` (a list of token ids).
@@ -65,6 +65,8 @@ class TokenizeRequest:
 def parse_tokenize(body: Any) -> TokenizeRequest:
     """A ``/tokenize`` body (see the module docstring); bad ones raise ``RequestError`` naming the field."""
     body = _object(body)
+    if body.get("chat_template_kwargs") == {}:  # no extra variables: the template as the server applies it
+        del body["chat_template_kwargs"]
     given = [key for key in TEXT_KEYS if key in body]
     if len(given) != 1:
         what = "required" if not given else f"give one of them, not {' and '.join(given)}"
