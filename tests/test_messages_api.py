@@ -265,6 +265,26 @@ def test_an_error_mid_stream_is_an_error_event(smol, api, monkeypatch):
 
 
 @pytest.mark.bundled
+def test_a_silent_stream_gets_keepalive_pings(smol, monkeypatch):
+    from chatpack.serving.messages import router
+
+    base, served = smol
+    honest = served.stream
+
+    def slow(chat):
+        for i, chunk in enumerate(honest(chat)):
+            if i == 1:
+                time.sleep(0.6)  # a long prefill
+            yield chunk
+
+    monkeypatch.setattr(served, "stream", slow)
+    monkeypatch.setattr(router, "PING_SECONDS", 0.1)
+    events = raw_events(base, {"model": "m", "max_tokens": 4, "messages": HELLO})
+    kinds = [e["type"] if isinstance(e, dict) else e.type for e in events]
+    assert kinds.count("ping") >= 3 and kinds[-1] == "message_stop" and kinds[0] == "message_start"
+
+
+@pytest.mark.bundled
 def test_tokenize_and_detokenize_in_vllm_and_llama_cpp_shapes(smol):
     base, headers = smol[0], {"x-api-key": KEY}
 
@@ -297,7 +317,8 @@ def test_traces_and_metrics_label_the_new_routes(api, smol):
     message = api.messages.create(model="m", max_tokens=6, messages=[{"role": "user", "content": marker}],
                                   stop_sequences=["zzz"], extra_body=GREEDY)
     api.messages.count_tokens(model="m", messages=HELLO)
-    deadline, found = time.time() + 60, []
+    assert httpx.post(base + "/tokenize", json={"content": "hi"}, headers={"x-api-key": KEY}).status_code == 200
+    deadline, found = time.time() + 120, []  # traces are exported by another process
     while time.time() < deadline and not found:
         exp = mlflow.get_experiment_by_name(EXPERIMENT)
         traces = mlflow.search_traces(locations=[exp.experiment_id], return_type="list") if exp else []
