@@ -163,7 +163,8 @@ def test_anthropic_style_x_api_key_and_any_case_bearer_are_accepted(server):
 
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/responses"), ("GET", "/v1/models"),
-    ("POST", "/v1/messages"), ("GET", "/v1/not-yet-a-route"), ("GET", "/v1"), ("GET", "/v1/models/"),
+    ("GET", "/v1/not-yet-a-route"), ("GET", "/v1"), ("GET", "/v1/models/"), ("POST", "/tokenize"),
+    ("POST", "/detokenize"),
 ])
 def test_every_v1_route_needs_the_key_even_unknown_ones(server, method, path):
     reply = httpx.request(method, server + path, json={})
@@ -231,6 +232,30 @@ def test_a_websocket_under_v1_is_refused_without_the_key():
         with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect("/v1/realtime"):
             pass
         assert closed.value.code == 1008  # the guard's policy close, not the router's 1000 for an unknown route
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens", "/v1/messages/batches"])
+def test_the_messages_routes_answer_401_in_anthropics_shape(path):
+    with served_app(api_keys=[ENV_KEY]) as client:
+        for headers, says in (({}, "missing API key"), ({"x-api-key": WRONG_KEY}, "invalid API key")):
+            refused = client.post(path, json={}, headers=headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert refused.json() == {"type": "error", "error": {"type": "authentication_error",
+                                                                 "message": refused.json()["error"]["message"]}}
+            assert says in refused.json()["error"]["message"] and WRONG_KEY not in refused.text
+        # with the key: past the guard (the model is not loaded: 503, overloaded_error, in the same shape)
+        allowed = client.post(path, json={}, headers={"x-api-key": ENV_KEY})
+        assert allowed.status_code in (503, 404, 405), allowed.text
+        assert allowed.json()["type"] == "error" and allowed.json()["error"]["type"] in (
+            "overloaded_error", "not_found_error", "invalid_request_error")
+
+
+def test_tokenize_and_detokenize_outside_v1_need_the_key_too():
+    with served_app(api_keys=[ENV_KEY]) as client:
+        for path in ("/tokenize", "/detokenize"):
+            refused = client.post(path, json={"content": "hi"})
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+            assert client.post(path, json={"content": "hi"}, headers={"x-api-key": ENV_KEY}).status_code == 503
 
 
 def test_without_keys_everything_stays_open():

@@ -2,12 +2,14 @@
 
 One package per API surface, each with its protocol types, its logic and its router: ``/v1/chat/completions``
 (:mod:`chatpack.serving.chat`), ``/v1/completions`` (:mod:`chatpack.serving.completions`), ``/v1/responses``
-(:mod:`chatpack.serving.responses`). Beside them: ``GET /v1/models`` lists the served model, ``GET /health`` says
-whether it is loaded (and the ONNX engine's batch counters), ``GET /metrics`` gives Prometheus metrics; every request is
-observed (:mod:`chatpack.serving.observability`: traces in MLflow, metrics). Errors use OpenAI's shape
+(:mod:`chatpack.serving.responses`), Anthropic's ``/v1/messages`` and ``/v1/messages/count_tokens``
+(:mod:`chatpack.serving.messages`), ``/tokenize`` and ``/detokenize`` (:mod:`chatpack.serving.tokens`). Beside
+them: ``GET /v1/models`` lists the served model, ``GET /health`` says whether it is loaded (and the ONNX engine's
+batch counters), ``GET /metrics`` gives Prometheus metrics; every request is observed
+(:mod:`chatpack.serving.observability`: traces in MLflow, metrics). Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``: 400 for bad requests (naming the field), 401 for a missing or
 wrong API key (:mod:`chatpack.serving.auth`), 404 unknown route, 429 when the bounded queue is full, 503 while the
-model loads.
+model loads (under ``/v1/messages`` in Anthropic's shape instead: :mod:`chatpack.serving.messages.errors`).
 
 One model copy serves all requests. Models that declare themselves safe for concurrent calls (the ONNX flavour,
 metadata ``chatpack_concurrency: batched``) get every admitted request at once and batch the ones that meet; other
@@ -30,12 +32,15 @@ from chatpack.serving.auth import API_KEY_ENV, ApiKeyGuard, log_auth
 from chatpack.serving.chat.router import register as register_chat
 from chatpack.serving.completions.router import register as register_completions
 from chatpack.serving.http import error_response
+from chatpack.serving.messages.errors import anthropic_error_body, is_messages_path
+from chatpack.serving.messages.router import register as register_messages
 from chatpack.serving.observability.metrics import CONTENT_TYPE, ServerMetrics
 from chatpack.serving.observability.middleware import RequestObserver
 from chatpack.serving.observability.trace_export import TraceExporter
 from chatpack.serving.observability.tracing import TraceSettings
 from chatpack.serving.responses.router import register as register_responses
 from chatpack.serving.served_model import DEFAULT_QUEUE_SIZE, ServedModel, limit_malloc_arenas
+from chatpack.serving.tokens.router import register as register_tokens
 
 __all__ = ["API_KEY_ENV", "create_app", "serve"]
 
@@ -70,7 +75,10 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = "unknown route" if exc.status_code == 404 else str(exc.detail)
-        return error_response(exc.status_code, f"{message}: {request.method} {request.url.path}")
+        message = f"{message}: {request.method} {request.url.path}"
+        if is_messages_path(request.url.path):
+            return JSONResponse(anthropic_error_body(exc.status_code, message), exc.status_code)
+        return error_response(exc.status_code, message)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -86,12 +94,17 @@ def create_app(served: ServedModel, load_in_background: bool = True, tracing: Tr
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
+        # OpenAI's list, with the fields Anthropic's model list adds (type, display_name, created_at, has_more, ...)
         return JSONResponse({"object": "list", "data": [
-            {"id": served.name, "object": "model", "created": 0, "owned_by": "mlflow", "root": served.model_uri}]})
+            {"id": served.name, "object": "model", "created": 0, "owned_by": "mlflow", "root": served.model_uri,
+             "type": "model", "display_name": served.name, "created_at": "1970-01-01T00:00:00Z"}],
+            "has_more": False, "first_id": served.name, "last_id": served.name})
 
     register_chat(app, served)
     register_responses(app, served)
     register_completions(app, served)
+    register_messages(app, served)
+    register_tokens(app, served)
     return app
 
 

@@ -1,14 +1,16 @@
 """The ASGI middleware that watches every request ``serve`` answers: Prometheus metrics and MLflow traces.
 
 For each HTTP request it opens a :class:`~chatpack.serving.observability.request_context.RequestContext` (the current
-one while the request is answered, also in the threads that generate its reply), notes the response status and, for
-errors, the message sent; once the last byte has gone out it counts the request in
-:class:`~chatpack.serving.observability.metrics.ServerMetrics` and hands every request that runs the model (``POST`` to
-one of :data:`TRACED_ROUTES`: chat completions, text completions, responses) to the
-:class:`~chatpack.serving.observability.trace_export.TraceExporter`, except a 401 (a caller without a valid API key
-writes nothing to the tracking store; it is still counted in the metrics). Request headers (``Authorization``,
-``x-api-key``) are never recorded: only the body reaches a trace. Nothing here waits for the tracking store: traces are
-built and exported by another process.
+one while
+the request is answered, also in the threads that generate its reply), notes the response status and, for errors, the
+message sent; once the last byte has gone out it counts the request in :class:`~chatpack.serving.observability.metrics.
+ServerMetrics` and hands every request that runs the model (``POST`` to one of :data:`TRACED_ROUTES`:
+chat
+completions, text completions, responses, messages) to the
+:class:`~chatpack.serving.observability.trace_export.TraceExporter`, except a 401
+(a caller without a valid API key writes nothing to the tracking store; it is still counted in the metrics). Request
+headers (``Authorization``, ``x-api-key``) are never recorded: only the body reaches a trace. Nothing here waits for
+the tracking store: traces are built and exported by another process.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from chatpack.serving.observability.request_context import RequestContext, begin
 from chatpack.serving.observability.trace_export import TraceExporter
 
 CHAT_ROUTE = "/v1/chat/completions"
-TRACED_ROUTES = (CHAT_ROUTE, "/v1/completions", "/v1/responses")  # every route that runs the model
+TRACED_ROUTES = (CHAT_ROUTE, "/v1/completions", "/v1/responses", "/v1/messages")  # every route that runs the model
 MAX_BODY = 1 << 20  # bytes of a request body kept for its trace (a larger body is recorded cut short)
 UNTRACED_STATUSES = (401,)  # refused for want of a valid API key: counted, not traced
 
@@ -72,7 +74,7 @@ class RequestObserver:
 
 
 def _error_message(body: bytes) -> str | None:
-    """The ``message`` of an OpenAI error body, or the body itself (cut short)."""
+    """The ``message`` of an OpenAI (or Anthropic) error body, or the body itself (cut short)."""
     if not body:
         return None
     try:

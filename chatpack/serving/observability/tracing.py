@@ -1,13 +1,15 @@
 """Every chat request ``serve`` answers as an MLflow trace, linked to the served LoggedModel.
 
 Traces go to the tracking store (``MLFLOW_TRACKING_URI``), experiment ``--experiment`` (default ``chatpack-serve``),
-with the trace metadata ``mlflow.modelId`` set to the served model's id, so ``mlflow.search_traces(model_id=...)`` finds
-them. One trace per ``POST /v1/chat/completions``, ``/v1/completions`` or ``/v1/responses`` (also the refused ones: 400,
-429, 503; not a 401 for a missing or wrong API key, and never a request header):
+with the trace metadata ``mlflow.modelId`` set to the served model's id, so ``mlflow.search_traces(model_id=...)``
+finds them. One trace per ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/responses`` or ``/v1/messages``
+(also the refused
+ones: 400, 429, 503; not a 401 for a missing or wrong API key, and never a request header):
 
-- the root span ``chat.completions`` (``completions``, ``responses``; ``CHAT_MODEL``): inputs are the model input
-  (messages and the options the caller set; the request body for a request refused before it), outputs the reply
-  in the route's OpenAI shape, as MLflow's own chat integrations record them; attributes follow
+- the root span ``chat.completions`` (``completions``, ``responses``, ``messages``; ``CHAT_MODEL``): inputs are the
+  model input (messages and the options the caller set; the request body for a request refused before it), outputs
+  the reply in the route's shape (OpenAI's; Anthropic's message for ``/v1/messages``), as MLflow's own chat
+  integrations record them; attributes follow
   OpenTelemetry's GenAI names (``gen_ai.request.max_tokens``/``temperature``/``top_p``/``top_k``/``seed``/
   ``stop_sequences``, ``gen_ai.usage.input_tokens``/``output_tokens``, ``gen_ai.response.finish_reasons``) plus
   ``http.response.status_code``, ``chatpack.stream``, ``chatpack.flavour``, ``chatpack.time_to_first_token_s`` and
@@ -38,7 +40,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "chatpack-serve"
 ROOT_SPAN = "chat.completions"
 # The root span of each traced route (what the request asked for); a route not listed gets ROOT_SPAN.
-ROOT_SPANS = {"/v1/chat/completions": ROOT_SPAN, "/v1/completions": "completions", "/v1/responses": "responses"}
+ROOT_SPANS = {"/v1/chat/completions": ROOT_SPAN, "/v1/completions": "completions", "/v1/responses": "responses",
+              "/v1/messages": "messages"}
 # MLflow's async export in the exporter process, unless set otherwise: 2 threads (MLflow's default is 10, each with
 # its own store connection) and spans of several traces per store call (sqlite store: 21 ms CPU a trace, not 31).
 EXPORT_DEFAULTS = {"MLFLOW_ASYNC_TRACE_LOGGING_MAX_WORKERS": "2",
@@ -130,6 +133,12 @@ def reply_outputs(record: TraceRecord, record_text: bool) -> dict[str, Any]:
                                                                      "content": [part]}]}
         if record.prompt_tokens is not None:
             out["usage"] = token_usage(record)
+        return out
+    if record.route == "/v1/messages":  # Anthropic's message (finish_reason holds its stop_reason)
+        block = {"type": "text", "text": record.reply_text} if record_text else {"type": "text"}
+        out = {"type": "message", "role": "assistant", "content": [block], "stop_reason": record.finish_reason}
+        if record.prompt_tokens is not None:
+            out["usage"] = {"input_tokens": record.prompt_tokens, "output_tokens": record.completion_tokens or 0}
         return out
     if record.route == "/v1/completions":
         choice = {"index": 0, "finish_reason": record.finish_reason}
