@@ -47,7 +47,7 @@ async def predicted(served: ServedModel, request: Request | None, call: Callable
 
 async def whole_reply(served: ServedModel, call: Callable[[], Any], request: Request | None = None,
                       errors: ErrorShape = OPENAI) -> Any:
-    """``call()`` (one of the served model's calls, e.g. ``lambda: served.chat_reply(chat)``), or the error response;
+    """``call()`` (one of the served model's calls, e.g. ``lambda: served.reply(chat)``), or the error response;
     a client that goes away (``request`` disconnected) cancels it (:func:`predicted`)."""
     try:
         return await predicted(served, request, call)
