@@ -138,35 +138,3 @@ def greedy_reply(onnx_dir: Path, user: str, max_new: int) -> tuple[str, int]:
         gen.generate_next_token()
     new = gen.get_sequence(0)[len(ids):]
     return tok.decode(new), len(new)
-
-
-def logged_model(step, fetch_run_id: str, *extra: str) -> str:
-    """Run a log step (``steps.log_onnx_pyfunc``, ``steps.log_transformers``) on a fetch run; return the model's URI."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    assert step.main(["--fetch_run_id", fetch_run_id, *extra]) == 0
-    return MlflowClient().get_run(mlflow.last_active_run().info.run_id).data.tags["chatpack.model_uri"]
-
-
-@contextlib.contextmanager
-def app_in_thread(served, **options):
-    """``create_app(served, **options)`` under uvicorn in this process (tests can reach ``served``); yields its base
-    URL once ``/health`` answers 200."""
-    import threading
-
-    import uvicorn
-
-    from chatpack.serving.app import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(served, **options), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=180)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

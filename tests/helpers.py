@@ -116,22 +116,24 @@ def serving(uri: str, settings: TraceSettings) -> tuple[ServedModel, contextlib.
     from chatpack.serving.served_model import ServedModel
 
     served = ServedModel(uri)
-    return served, _traced_app(served, settings)
+    return served, app_in_thread(served, timeout=120, tracing=settings)
 
 
 @contextlib.contextmanager
-def _traced_app(served: ServedModel, settings: TraceSettings):
+def app_in_thread(served: ServedModel, timeout: float = 180, **options):
+    """``create_app(served, **options)`` under uvicorn in this process (tests can reach ``served``); yields its base
+    URL once ``/health`` answers 200."""
     import uvicorn
 
     from chatpack.serving.app import create_app
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(served, tracing=settings), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(served, **options), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=timeout)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True

@@ -23,7 +23,7 @@ from chatpack.serving.app import create_app
 from chatpack.serving.observability.tracing import TraceSettings
 from chatpack.serving.served_model import ServedModel
 from steps import log_onnx_pyfunc, log_transformers
-from tests.conftest import app_in_thread, logged_model
+from tests.helpers import app_in_thread, logged
 
 KEY = f"sk-ant-{uuid.uuid4().hex}"
 EXPERIMENT = f"messages-{uuid.uuid4().hex[:8]}"
@@ -43,7 +43,7 @@ class Pick(BaseModel):
 @pytest.fixture(scope="module")
 def smol(bundled_fetch_run):
     """The bundled SmolLM2 (ONNX) behind an API key, traced to this module's experiment: (base URL, ServedModel)."""
-    uri = logged_model(log_onnx_pyfunc, bundled_fetch_run, "--model_name", "smol-messages", "--max_new_tokens", "64")
+    uri = logged(log_onnx_pyfunc, bundled_fetch_run, "--model_name", "smol-messages", "--max_new_tokens", "64")
     served = ServedModel(uri)
     with app_in_thread(served, api_keys=[KEY], tracing=TraceSettings(experiment=EXPERIMENT)) as base:
         yield base, served
@@ -356,7 +356,7 @@ def test_anthropic_error_shape_while_loading_and_for_unknown_routes():
 
 @pytest.fixture(scope="module")
 def tiny_transformers(fixture_fetch_run):
-    uri = logged_model(log_transformers, fixture_fetch_run, "--model_name", "tiny-messages-tf")
+    uri = logged(log_transformers, fixture_fetch_run, "--model_name", "tiny-messages-tf")
     with app_in_thread(ServedModel(uri), tracing=TraceSettings(enabled=False)) as base:
         yield base
 
