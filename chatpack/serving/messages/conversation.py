@@ -14,7 +14,8 @@ import json
 from typing import Any
 
 from chatpack.protocol.errors import RequestError
-from chatpack.serving.messages.checks import check_cache_control, fields_of, short, string_at
+from chatpack.serving.messages.checks import check_cache_control
+from chatpack.serving.request_checks import fields_of, short, string_at
 
 ROLES = ("user", "assistant", "system")
 BLOCK_JOIN = "\n"  # between the text blocks of one message, and between consecutive text turns of one role

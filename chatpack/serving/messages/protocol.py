@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatpack.protocol.errors import Neutral, RequestError, refuse_unless_neutral
-from chatpack.serving.messages.checks import check_cache_control, fields_of, short, string_at
+from chatpack.serving.messages.checks import check_cache_control
 from chatpack.serving.messages.conversation import conversation, system_text
 from chatpack.serving.messages.tools import chat_format, chat_tool_choice, chat_tools
+from chatpack.serving.request_checks import fields_of, short, string_at
 
 MAX_STOP_SEQUENCES = 64
 MAX_USER_ID = 256

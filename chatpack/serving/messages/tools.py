@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from chatpack.protocol.errors import RequestError
-from chatpack.serving.messages.checks import check_cache_control, fields_of, short, string_at
+from chatpack.serving.messages.checks import check_cache_control
+from chatpack.serving.request_checks import fields_of, short, string_at
 
 
 def chat_tools(value: Any) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatpack.protocol.errors import Neutral, RequestError, refuse_unless_neutral
+from chatpack.serving.request_checks import fields_of, short, string_at
 
 ROLES = ("user", "assistant", "system", "developer")
 ITEM_TYPES = ("message", "function_call", "function_call_output")
@@ -67,12 +68,12 @@ class ResponsesRequest:
 def translate(body: Any) -> ResponsesRequest:
     """Check a ``/v1/responses`` body and build the chat body it asks for (see the module docstring)."""
     if not isinstance(body, dict):
-        raise RequestError(None, f"request: expected a JSON object, got {_shown(body)}")
+        raise RequestError(None, f"request: expected a JSON object, got {short(body)}")
     body = {k: v for k, v in body.items() if v is not None}
     for key in sorted(body):
         if key not in SUPPORTED and key not in STATEFUL:
             raise RequestError(key, f"{key}: unsupported field (supported: {', '.join(sorted(SUPPORTED))})")
-    refuse_unless_neutral(body, NEUTRAL, _shown)
+    refuse_unless_neutral(body, NEUTRAL, short)
     for key in body:
         if key in STATEFUL and key not in NEUTRAL:
             raise RequestError(key, f"{key}: not supported: {STATEFUL[key]}")
@@ -80,7 +81,7 @@ def translate(body: Any) -> ResponsesRequest:
         raise RequestError("input", "input: required (a string, or a list of message and function call items)")
     messages, sources = [], []
     if "instructions" in body:
-        messages.append({"role": "system", "content": _text(body["instructions"], "instructions")})
+        messages.append({"role": "system", "content": string_at(body["instructions"], "instructions")})
         sources.append("instructions")
     turns, paths = _input(body["input"])
     chat: dict[str, Any] = {"messages": messages + turns}
@@ -93,7 +94,7 @@ def translate(body: Any) -> ResponsesRequest:
                                  "user", "safety_identifier", "prompt_cache_key") if k in body}
     for key in ("safety_identifier", "prompt_cache_key"):
         if key in body:
-            _text(body[key], key)
+            string_at(body[key], key)
     if "stream_options" in body:
         _options(body["stream_options"])
     echo["metadata"] = _metadata(body.get("metadata", {}))
@@ -127,7 +128,7 @@ def _input(value: Any) -> tuple[list[dict[str, Any]], list[str]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}], ["input"]
     if not isinstance(value, list) or not value:
-        raise RequestError("input", f"input: expected a string or a non-empty list of items, got {_shown(value)}")
+        raise RequestError("input", f"input: expected a string or a non-empty list of items, got {short(value)}")
     messages: list[dict[str, Any]] = []
     paths: list[str] = []
     calls: set[str] = set()
@@ -135,21 +136,21 @@ def _input(value: Any) -> tuple[list[dict[str, Any]], list[str]]:
         path = f"input[{i}]"
         if not isinstance(item, dict):
             raise RequestError("input", f"{path}: expected an object (a message or a function call item), got "
-                                        f"{_shown(item)}")
+                                        f"{short(item)}")
         item = {k: v for k, v in item.items() if v is not None}
         kind = item.get("type", "message")
         if kind == "message":
-            _keys(item, path, ("type", "role", "content", "id", "status", "phase"), ("role", "content"))
+            _input_fields(item, path, ("type", "role", "content", "id", "status", "phase"), ("role", "content"))
             role = item["role"]
             if role not in ROLES:
-                raise RequestError("input", f"{path}.role: {_shown(role)} is not one of {', '.join(ROLES)}")
+                raise RequestError("input", f"{path}.role: {short(role)} is not one of {', '.join(ROLES)}")
             messages.append({"role": role, "content": _content(item["content"], f"{path}.content", role)})
             paths.append(path)
         elif kind == "function_call":
-            _keys(item, path, ("type", "call_id", "name", "arguments", "id", "status"), ("call_id", "name",
+            _input_fields(item, path, ("type", "call_id", "name", "arguments", "id", "status"), ("call_id", "name",
                                                                                           "arguments"))
-            call = {"id": _text(item["call_id"], f"{path}.call_id", empty=False), "type": "function",
-                    "function": {"name": _text(item["name"], f"{path}.name", empty=False),
+            call = {"id": string_at(item["call_id"], f"{path}.call_id", empty=False), "type": "function",
+                    "function": {"name": string_at(item["name"], f"{path}.name", empty=False),
                                  "arguments": _json_text(item["arguments"], f"{path}.arguments")}}
             calls.add(call["id"])
             if messages and messages[-1]["role"] == "assistant":
@@ -158,15 +159,15 @@ def _input(value: Any) -> tuple[list[dict[str, Any]], list[str]]:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
                 paths.append(path)
         elif kind == "function_call_output":
-            _keys(item, path, ("type", "call_id", "output", "id", "status"), ("call_id", "output"))
-            call_id = _text(item["call_id"], f"{path}.call_id", empty=False)
+            _input_fields(item, path, ("type", "call_id", "output", "id", "status"), ("call_id", "output"))
+            call_id = string_at(item["call_id"], f"{path}.call_id", empty=False)
             if call_id not in calls:
                 raise RequestError("input", f"{path}.call_id: {call_id!r} answers no function_call item before it")
             messages.append({"role": "tool", "tool_call_id": call_id,
                              "content": _content(item["output"], f"{path}.output", "tool")})
             paths.append(path)
         else:
-            raise RequestError("input", f"{path}.type: {_shown(kind)} is not supported (supported: "
+            raise RequestError("input", f"{path}.type: {short(kind)} is not supported (supported: "
                                         f"{', '.join(ITEM_TYPES)}; the server keeps no items to reference)")
     return messages, paths
 
@@ -176,30 +177,30 @@ def _content(value: Any, path: str, role: str) -> str:
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise RequestError("input", f"{path}: expected a string or a list of text parts, got {_shown(value)}")
+        raise RequestError("input", f"{path}: expected a string or a list of text parts, got {short(value)}")
     kinds = ("input_text", "output_text", "refusal") if role == "assistant" else ("input_text",)
     texts = []
     for j, part in enumerate(value):
         where = f"{path}[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in kinds:
-            shown = "required" if isinstance(part, dict) and kind is None else f"{_shown(kind)} is not supported"
+            shown = "required" if isinstance(part, dict) and kind is None else f"{short(kind)} is not supported"
             raise RequestError("input", f"{where}.type: {shown} (supported here: {', '.join(kinds)}; the served "
                                         "models read text only)")
         key = "refusal" if kind == "refusal" else "text"
-        _keys(part, where, ("type", key, "annotations", "logprobs"), (key,))
-        texts.append(_text(part[key], f"{where}.{key}"))
+        _input_fields(part, where, ("type", key, "annotations", "logprobs"), (key,))
+        texts.append(string_at(part[key], f"{where}.{key}"))
     return "".join(texts)
 
 
 def _text_format(value: Any) -> dict[str, Any] | None:
-    text = _keys(value, "text", ("format",), param="text")
+    text = _input_fields(value, "text", ("format",), param="text")
     if "format" not in text:
         return None
     fmt = text["format"]
     if not isinstance(fmt, dict):
         raise RequestError("text.format", f"text.format: expected an object such as {{\"type\": \"json_schema\", "
-                                          f"\"name\": ..., \"schema\": {{...}}}}, got {_shown(fmt)}")
+                                          f"\"name\": ..., \"schema\": {{...}}}}, got {short(fmt)}")
     if fmt.get("type") == "json_schema" and "schema" not in fmt:
         raise RequestError("text.format", "text.format.schema: required with type 'json_schema' (the JSON Schema "
                                           "the reply must follow)")
@@ -216,16 +217,16 @@ def _chat_format(fmt: dict[str, Any]) -> dict[str, Any]:
 def _tools(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise RequestError("tools", f"tools: expected a list of {{\"type\": \"function\", \"name\": ..., "
-                                    f"\"parameters\": {{...}}}} objects, got {_shown(value)}")
+                                    f"\"parameters\": {{...}}}} objects, got {short(value)}")
     tools = []
     for i, tool in enumerate(value):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind != "function":
             shown = "required ('function')" if isinstance(tool, dict) and kind is None else (
-                f"{_shown(kind)} is not supported: only function tools run here (hosted tools such as web_search "
+                f"{short(kind)} is not supported: only function tools run here (hosted tools such as web_search "
                 "or file_search need OpenAI's servers)")
             raise RequestError("tools", f"tools[{i}].type: {shown}" if isinstance(tool, dict) else
-                               f"tools[{i}]: expected an object, got {_shown(tool)}")
+                               f"tools[{i}]: expected an object, got {short(tool)}")
         tools.append({"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}})
     return tools
 
@@ -233,9 +234,9 @@ def _tools(value: Any) -> list[dict[str, Any]]:
 def _tool_choice(value: Any) -> Any:
     if isinstance(value, str):
         return value  # auto / none / required: checked with the chat request
-    body = _keys(value, "tool_choice", ("type", "name"), ("type",), param="tool_choice")
+    body = _input_fields(value, "tool_choice", ("type", "name"), ("type",), param="tool_choice")
     if body["type"] != "function":
-        raise RequestError("tool_choice", f"tool_choice.type: {_shown(body['type'])} is not supported (supported: "
+        raise RequestError("tool_choice", f"tool_choice.type: {short(body['type'])} is not supported (supported: "
                                           "'auto', 'none', 'required' or {\"type\": \"function\", \"name\": ...})")
     if "name" not in body:
         raise RequestError("tool_choice", "tool_choice.name: required")
@@ -243,56 +244,36 @@ def _tool_choice(value: Any) -> Any:
 
 
 def _metadata(value: Any) -> dict[str, str]:
-    body = _keys(value, "metadata", None, param="metadata")
+    body = _input_fields(value, "metadata", None, param="metadata")
     if len(body) > MAX_METADATA:
         raise RequestError("metadata", f"metadata: at most {MAX_METADATA} pairs, got {len(body)}")
     for key, item in body.items():
         if len(key) > 64 or not isinstance(item, str) or len(item) > 512:
             raise RequestError("metadata", f"metadata.{key[:64]}: keys of at most 64 characters with string values "
-                                           f"of at most 512, got {_shown(item)}")
+                                           f"of at most 512, got {short(item)}")
     return body
 
 
 def _options(value: Any) -> None:
-    options = _keys(value, "stream_options", ("include_obfuscation",), param="stream_options")
+    options = _input_fields(value, "stream_options", ("include_obfuscation",), param="stream_options")
     if not isinstance(options.get("include_obfuscation", False), bool):
         raise RequestError("stream_options", "stream_options.include_obfuscation: expected true or false")
 
 
-def _keys(value: Any, path: str, allowed: tuple[str, ...] | None, required: tuple[str, ...] = (),
-          param: str = "input") -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise RequestError(param, f"{path}: expected an object, got {_shown(value)}")
-    for key in value:
-        if allowed is not None and key not in allowed:
-            raise RequestError(param, f"{path}.{key}: unsupported field (supported: {', '.join(sorted(allowed))})")
-    for key in required:
-        if key not in value:
-            raise RequestError(param, f"{path}.{key}: required")
-    return value
-
-
-def _text(value: Any, path: str, empty: bool = True) -> str:
-    if not isinstance(value, str) or (not empty and not value):
-        param = path.split("[")[0].split(".")[0]
-        raise RequestError(param, f"{path}: expected a {'' if empty else 'non-empty '}string, got {_shown(value)}")
-    return value
-
-
 def _json_text(value: Any, path: str) -> str:
     """A string holding JSON (a function call's arguments), named by ``path`` when it is not."""
-    text = _text(value, path)
+    text = string_at(value, path)
     try:
         json.loads(text)
     except ValueError:
-        raise RequestError("input", f"{path}: not valid JSON ({_shown(text)}); send the arguments the call was "
+        raise RequestError("input", f"{path}: not valid JSON ({short(text)}); send the arguments the call was "
                                     "made with") from None
     return text
 
 
-def _shown(value: Any) -> str:
-    """A short value as written (scalars as Python shows them, small lists and objects as JSON), else its type."""
-    if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 60:
-        return repr(value)
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else ("null" if value is None else f"a {type(value).__name__}")
+def _input_fields(value: Any, path: str, allowed: tuple[str, ...] | None, required: tuple[str, ...] = (),
+                  param: str = "input") -> dict[str, Any]:
+    """:func:`~chatpack.serving.request_checks.fields_of` as the Responses request uses it: named ``input`` unless
+    said otherwise, None entries kept (refused unless allowed)."""
+    return fields_of(value, path, allowed, required, param, drop_none=False)
+
