@@ -26,19 +26,8 @@ SERVER_BLOCKS = ("server_tool_use", "web_search_tool_result", "web_fetch_tool_re
 
 
 def system_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise RequestError("system", f"system: expected a string or a list of text blocks, got {short(value)}")
-    texts = []
-    for j, block in enumerate(value):
-        where = f"system[{j}]"
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind != "text":
-            raise RequestError("system", f"{where}.type: {_kind_shown(block)}; the system prompt takes text blocks "
-                                         "only")
-        texts.append(_text_block(block, where, "system"))
-    return BLOCK_JOIN.join(texts)
+    """``system``: a string, or text blocks joined."""
+    return _text_blocks(value, "system", "system", "the system prompt takes text blocks only")
 
 
 def conversation(value: Any) -> tuple[list[dict[str, Any]], list[str]]:
@@ -139,7 +128,8 @@ def _user(blocks: list[Any], path: str, role: str, called: set[str]) -> list[tup
                                            "assistant message")
         if "cache_control" in result:
             check_cache_control(result["cache_control"], f"{where}.cache_control")
-        text = _result_content(result.get("content", ""), f"{where}.content")
+        text = _text_blocks(result.get("content", ""), f"{where}.content", "messages",
+                            f"a tool result here holds text blocks only ({TEXT_ONLY})")
         error = result.get("is_error", False)
         if not isinstance(error, bool):
             raise RequestError("messages", f"{where}.is_error: expected true or false, got {short(error)}")
@@ -151,18 +141,18 @@ def _user(blocks: list[Any], path: str, role: str, called: set[str]) -> list[tup
     return turns
 
 
-def _result_content(value: Any, path: str) -> str:
+def _text_blocks(value: Any, path: str, param: str, why: str) -> str:
+    """A string, or a list of text blocks joined; any other block refused naming ``path`` and saying ``why``."""
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise RequestError("messages", f"{path}: expected a string or a list of text blocks, got {short(value)}")
+        raise RequestError(param, f"{path}: expected a string or a list of text blocks, got {short(value)}")
     texts = []
     for k, block in enumerate(value):
         where = f"{path}[{k}]"
         if (block.get("type") if isinstance(block, dict) else None) != "text":
-            raise RequestError("messages", f"{where}.type: {_kind_shown(block)}; a tool result here holds text "
-                                           f"blocks only ({TEXT_ONLY})")
-        texts.append(_text_block(block, where))
+            raise RequestError(param, f"{where}.type: {_kind_shown(block)}; {why}")
+        texts.append(_text_block(block, where, param))
     return BLOCK_JOIN.join(texts)
 
 
