@@ -136,12 +136,15 @@ class EngineClient:
 
     # -- the engine's state ------------------------------------------------------------------------------------
     def cancel(self, thread: int) -> None:
-        """Free the rows of every request the executor thread ``thread`` submitted."""
-        self.engine.batch.cancel_thread(thread)
+        """Free the rows of every request the executor thread ``thread`` submitted (``serve`` also reads the engine
+        of a model logged before this client through it, whose batch may not cancel)."""
+        cancel_thread = getattr(self.engine.batch, "cancel_thread", None)
+        if cancel_thread is not None:
+            cancel_thread(thread)
 
     def queue_depth(self) -> int:
         """Requests waiting for a row of the batch."""
-        return int(self.engine.batch.waiting or 0)
+        return int(getattr(self.engine.batch, "waiting", 0) or 0)
 
     def stats(self) -> dict[str, Any]:
         """What ``/health`` reports of the engine: threads, the KV rows, the batch's settings and counters."""
