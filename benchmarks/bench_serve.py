@@ -1,10 +1,13 @@
 """Serving load benchmark: our OpenAI server (``steps.serve``) against llama.cpp's own server (``llama-server``) on
 the same model, same thread count, driven by one HTTP client (``benchmarks/client.py``), interleaved over rounds.
 
-    python -m benchmarks.bench_serve --model_uri models:/m-... [--threads N] [--clients 8] [--rounds 3]
-        [--servers chatpack,llama_server[,mlflow]] [--llama_server PATH] [--gguf PATH]
+    python -m benchmarks.bench_serve --model_uri models:/m-... [--threads N] [--clients 8 | 2,4,8] [--rounds 3]
+        [--servers chatpack,llama_server[,mlflow]] [--llama_server PATH] [--gguf [LABEL=]PATH ...]
 
-Workloads, each sequential (1 client) and with ``--clients`` concurrent clients:
+``--gguf`` may repeat: llama-server then runs once per GGUF (``llama_server@<label>``, e.g. Q4_0 and Q8_0), with as
+many slots as the most clients and ``--ctx_per_slot`` tokens of context each. Workloads, each sequential (1 client)
+and with each of ``--clients`` concurrent clients (a comma-separated list measures each level, fresh prompts at each;
+the replies under load are checked against the same requests sent alone at the most clients):
 
 * ``uniform``: short prompts, greedy, whole replies (not streamed);
 * ``mixed``: half streamed, a third sampled with a per-request seed, a quarter of prompts long (~330 tokens);
@@ -141,22 +144,24 @@ def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]
                     ", model as logged)" if as_logged else f", {args.baseline_label})" if before else
                     ", --reuse_decoded true)" if inexact else ")"),
                 [sys.executable, "-m", "steps.serve", "--model_uri", uri, "--port", "{port}",
-                 "--threads", threads, "--queue_size", str(max(64, 4 * args.clients)), *inexact],
+                 "--threads", threads, "--queue_size", str(max(64, 4 * max(args.client_levels))), *inexact],
                 "/health", "/v1/chat/completions", threads=f"--threads {threads} (onnxruntime intra-op)"))
         elif name == "llama_server":
-            binary, gguf = common.find_llama_server(args.llama_server or None), args.gguf or common.bundled_gguf_path()
-            if not binary or not gguf:
+            binary, ggufs = common.find_llama_server(args.llama_server or None), common.gguf_files(args.gguf, True)
+            if not binary or not ggufs:
                 skipped[name] = "llama-server not built (benchmarks/build_llama_server.sh)" if not binary \
-                    else "bundled GGUF not installed"
+                    else "no GGUF (--gguf; the default is the bundled model's own, not installed)"
                 continue
-            slots, version = str(args.clients), common.llama_server_version(binary)
+            slots, version = str(max(args.client_levels)), common.llama_server_version(binary)
             jinja = ["--jinja"] if "agent" in args.workloads.split(",") else []  # its tools and schemas need it
-            servers.append(Server(
-                "llama_server", f"llama.cpp `llama-server` (Q4_1 GGUF, {slots} slots)",
-                [binary, "-m", gguf, "-t", threads, "-tb", threads, "-np", slots, "-c", str(2048 * args.clients),
-                 *jinja, "--host", "127.0.0.1", "--port", "{port}"],
-                "/health", "/v1/chat/completions", eos_counted=True, threads=f"-t {threads} -tb {threads}",
-                notes="defaults otherwise (prompt cache on)", version=version))
+            for label, gguf in ggufs.items():
+                servers.append(Server(
+                    "llama_server" if len(ggufs) == 1 else f"llama_server@{label}",
+                    f"llama.cpp `llama-server` ({label} GGUF, {slots} slots)",
+                    [binary, "-m", gguf, "-t", threads, "-tb", threads, "-np", slots,
+                     "-c", str(args.ctx_per_slot * int(slots)), *jinja, "--host", "127.0.0.1", "--port", "{port}"],
+                    "/health", "/v1/chat/completions", eos_counted=True, threads=f"-t {threads} -tb {threads}",
+                    notes="defaults otherwise (prompt cache on)", version=version))
         elif name == "mlflow":
             servers.append(Server(
                 "mlflow", "`mlflow models serve` (ONNX int4)",
@@ -329,15 +334,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "workload only).")
     p.add_argument("--threads", type=int, default=common.physical_cores(),
                    help="Compute threads of every server (default: physical cores).")
-    p.add_argument("--clients", type=int, default=8, help="Concurrent clients (and llama-server slots).")
+    p.add_argument("--clients", default="8",
+                   help="Concurrent clients, or a comma-separated list of levels (e.g. 2,4,8); llama-server gets as "
+                        "many slots as the most.")
     p.add_argument("--requests", type=int, default=24, help="Requests per workload and round (>= clients).")
     p.add_argument("--max_tokens", type=int, default=32, help="Reply budget per request.")
     p.add_argument("--turn_tokens", type=int, default=48, help="Reply budget per conversation turn.")
     p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds (>= 3).")
-    p.add_argument("--timeout", type=float, default=120.0, help="Per-request timeout in seconds.")
+    p.add_argument("--timeout", type=float, default=0.0,
+                   help="Per-request timeout in seconds; 0 = 120 s scaled by the model's ONNX weights over 300 MB.")
     p.add_argument("--llama_server", default="", help="llama-server binary (default: $LLAMA_SERVER, the build "
                                                       "script's folder, PATH).")
-    p.add_argument("--gguf", default="", help="GGUF for llama-server (default: the bundled SmolLM2 file).")
+    p.add_argument("--gguf", action="append", default=[],
+                   help="[LABEL=]PATH of a GGUF for llama-server; repeat for several (each its own server, "
+                        "llama_server@LABEL). Default: the bundled SmolLM2 Q4_1 file.")
+    p.add_argument("--ctx_per_slot", type=int, default=2048, help="llama-server context tokens per slot (-c is this "
+                                                                   "times the slots).")
+    p.add_argument("--multi_turn", type=lambda v: v.lower() == "true", default=True,
+                   help="true (default): also time the multi-turn conversations; false: skip them.")
     p.add_argument("--baseline_model_uri", default="", help="For --servers chatpack_before: the same model logged "
                    "with an earlier commit's code (a logged model runs the code it was logged with).")
     p.add_argument("--model_label", default="ONNX int4", help="How the tables name --model_uri's build.")
@@ -358,8 +372,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     common.exit_on_sigterm()
-    if args.rounds < 3 or args.threads < 1 or args.clients < 2 or args.requests < args.clients:
-        raise SystemExit("need --rounds >= 3, --threads >= 1, --clients >= 2, --requests >= --clients")
+    try:
+        args.client_levels = sorted({int(c) for c in args.clients.split(",") if c.strip()})
+    except ValueError:
+        raise SystemExit(f"--clients: expected a number or comma-separated numbers, got {args.clients!r}") from None
+    if not args.client_levels or args.client_levels[0] < 2:
+        raise SystemExit("--clients: each level must be >= 2 (one client is always measured)")
+    if args.rounds < 3 or args.threads < 1 or args.requests < max(args.client_levels):
+        raise SystemExit("need --rounds >= 3, --threads >= 1, --requests >= the most --clients")
     unknown = set(args.workloads.split(",")) - {"uniform", "mixed", "agent"}
     if unknown:
         raise SystemExit(f"--workloads: unknown {sorted(unknown)} (uniform, mixed, agent)")
@@ -367,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     # The logged ONNX model does not declare `threads` in its config, so MLflow drops what `serve --threads` passes:
     # `chatpack` serves a copy that declares it (`chatpack_as_logged` serves the model as it is).
     args.served_model_uri, threads_key_added = common.with_threads_key(args.model_uri)
+    if args.timeout <= 0:
+        import mlflow
+
+        args.timeout = common.request_deadline_s(mlflow.artifacts.download_artifacts(args.served_model_uri))
     servers, skipped = make_servers(args)
     for name, why in skipped.items():
         print(f"skipping {name}: {why}", file=sys.stderr)
@@ -392,8 +416,10 @@ def main(argv: list[str] | None = None) -> int:
             for w, (workload, make) in enumerate(makers.items() if not args.multi_turn_only else []):
                 # Fresh prompts for every phase (the same for every server): a repeated prompt would let a server
                 # with a prompt cache skip its prefill.
-                solo = make(args.requests, args.max_tokens, (r * 8 + w * 2) * 1000)
-                loaded = make(args.requests, args.max_tokens, (r * 8 + w * 2 + 1) * 1000)
+                phase = (r * len(makers) + w) * (len(args.client_levels) + 1)
+                solo = make(args.requests, args.max_tokens, phase * 1000)
+                loaded = {n: make(args.requests, args.max_tokens, (phase + 1 + i) * 1000)
+                          for i, n in enumerate(args.client_levels)}
                 for s in order:
                     if not s.streams and workload != "uniform":
                         continue
@@ -402,14 +428,15 @@ def main(argv: list[str] | None = None) -> int:
                         seq, wall, others = run_load(s, solo, 1, args.timeout)
                         rows.setdefault((s.name, workload, 1), []).append(
                             load_figures(s, solo, seq, wall, None, others))
-                        par, wall, others = run_load(s, loaded, args.clients, args.timeout)
-                        alone = resend_alone(s, loaded, par, args.timeout)
-                        rows.setdefault((s.name, workload, args.clients), []).append(
-                            load_figures(s, loaded, par, wall, alone, others))
+                        for n, bodies in loaded.items():
+                            par, wall, others = run_load(s, bodies, n, args.timeout)
+                            alone = resend_alone(s, bodies, par, args.timeout) if n == args.client_levels[-1] else None
+                            rows.setdefault((s.name, workload, n), []).append(
+                                load_figures(s, bodies, par, wall, alone, others))
                     finally:
                         s.pause()
                     print(f"round {r + 1}/{args.rounds} {workload} {s.name} done", file=sys.stderr, flush=True)
-            for s in order:
+            for s in order if args.multi_turn else []:
                 if not s.streams:
                     continue
                 s.resume()
@@ -427,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "serve",
         "machine": {**common.machine_info(args.threads, extra), "loadavg_per_round": loads,
                     "loadavg_at_end": common.loadavg()},
-        "config": {"threads": args.threads, "clients": args.clients, "requests": args.requests,
+        "config": {"threads": args.threads, "clients": max(args.client_levels), "client_levels": args.client_levels,
+                   "requests": args.requests, "ctx_per_slot": args.ctx_per_slot,
                    "max_tokens": args.max_tokens, "turn_tokens": args.turn_tokens, "rounds": args.rounds,
                    "think_s": args.think_s, "multi_turn_only": args.multi_turn_only,
                    "timeout_s": args.timeout, "model_uri": args.model_uri,

@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/build_llama_server.sh            # prints the path of the built binary on its last line
 #   LLAMA_BUILD_DIR=/tmp/llama bash benchmarks/build_llama_server.sh
+#   TARGETS="llama-server llama-bench llama-quantize" bash benchmarks/build_llama_server.sh   # the full-size peers
 #
 # The benchmark finds the binary through --llama_server, $LLAMA_SERVER, this default folder, or PATH.
 set -euo pipefail
@@ -14,6 +15,7 @@ version="$(sed -n 's/^llama[-_]cpp[-_]python==\([^ ;#]*\).*/\1/Ip' "$here/constr
 version="${version:-0.3.36}"
 build_root="${LLAMA_BUILD_DIR:-$HOME/.cache/chatpack-llama-server}"
 jobs="${JOBS:-$(nproc)}"
+targets="${TARGETS:-llama-server}"
 python="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$python" ] || python=python3
 
@@ -28,7 +30,8 @@ src="llama_cpp_python-$version"
 cd "$src/vendor/llama.cpp"
 cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
-cmake --build build --target llama-server -j"$jobs"
+# shellcheck disable=SC2086  (one target per word)
+cmake --build build --target $targets -j"$jobs"
 bin="$(pwd)/build/bin/llama-server"
 "$bin" --version 2>&1 | head -n2 || true
 echo "$bin"

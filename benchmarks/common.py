@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -239,6 +240,34 @@ def bundled_gguf_path() -> str | None:
         return str(bundled_gguf("smollm2-135m-instruct")[0])
     except BundledModelMissing:
         return None
+
+
+def gguf_files(values: list[str], bundled: bool) -> dict[str, str]:
+    """``--gguf`` values (``[LABEL=]PATH``) as {label: path}; a label defaults to the quantisation type in the file
+    name (``Q4_0``, ``Q8_0``, ``F16``...). With none given, the bundled model's own GGUF when the fetch run is the
+    bundled model."""
+    if not values:
+        path = bundled_gguf_path() if bundled else None
+        return {"Q4_1": path} if path else {}
+    files = {}
+    for value in values:
+        label, sep, path = value.rpartition("=")
+        if not sep:
+            found = re.search(r"(?i)(IQ\d\w*?|Q\d(?:_[0-9KSML]+)*|BF16|F16|F32)(?=\.gguf$|[-.])", Path(path).name)
+            label = found.group(1).upper() if found else Path(path).stem
+        if not Path(path).is_file():
+            raise SystemExit(f"--gguf: no such file {path!r}")
+        if label in files:
+            raise SystemExit(f"--gguf: label {label!r} given twice (name them LABEL=PATH)")
+        files[label] = path
+    return files
+
+
+def request_deadline_s(onnx_folder: str | Path) -> float:
+    """A per-request deadline for a model: 120 s up to 300 MB of ONNX weights, scaled linearly above (a 3.8B model's
+    ~400-token prompt takes minutes on 2 cores, a 135M model's under a second)."""
+    weights = sum(f.stat().st_size for f in Path(onnx_folder).rglob("*.onnx*") if f.is_file())
+    return 120.0 * max(1.0, weights / 300e6)
 
 
 # -- models ----------------------------------------------------------------------------------------------------------

@@ -234,14 +234,15 @@ class RawTransformers(Engine):
 
 
 class LlamaCpp(Engine):
-    """llama.cpp through ``llama-cpp-python`` (optional) on the bundled Q4_1 GGUF."""
+    """llama.cpp through ``llama-cpp-python`` (optional) on the GGUF ``spec["gguf"]`` (its quantisation type is
+    ``spec["gguf_label"]``)."""
 
-    label = "llama.cpp (`llama-cpp-python`, Q4_1 GGUF)"
     tokens_counted = "the streamed reply text re-tokenised (llama-cpp-python streams no usage; EOS not in the text)"
 
     def __init__(self, spec: dict[str, Any]):
         from llama_cpp import Llama
 
+        self.label = f"llama.cpp (`llama-cpp-python`, {spec.get('gguf_label') or 'GGUF'})"
         threads = int(spec["threads"])
         self.llm = Llama(model_path=spec["gguf"], n_ctx=4096, n_threads=threads, n_threads_batch=threads,
                          verbose=False)
@@ -260,10 +261,10 @@ class LlamaCpp(Engine):
 
 
 class LlamaServer(Engine):
-    """llama.cpp's own server (``llama-server``, one slot) on the bundled GGUF, driven by the benchmarks' HTTP client
-    (streamed, greedy, ``cache_prompt: false`` so every prompt is prefilled from scratch like the other engines)."""
+    """llama.cpp's own server (``llama-server``, one slot) on the GGUF ``spec["gguf"]``, driven by the benchmarks'
+    HTTP client (streamed, greedy, ``cache_prompt: false`` so every prompt is prefilled from scratch like the other
+    engines); each request may take ``spec["timeout_s"]``."""
 
-    label = "llama.cpp `llama-server` (Q4_1 GGUF, HTTP, 1 slot)"
     tokens_counted = "usage.completion_tokens minus 1 when finish_reason is stop (llama-server counts EOS)"
 
     def __init__(self, spec: dict[str, Any]):
@@ -271,13 +272,15 @@ class LlamaServer(Engine):
 
         from benchmarks.common import free_port, wait_for_http
 
+        self.label = f"llama.cpp `llama-server` ({spec.get('gguf_label') or 'GGUF'}, HTTP, 1 slot)"
+        self.timeout_s = float(spec.get("timeout_s") or 120.0)
         threads = int(spec["threads"])
         port = free_port()
         self.cmd = [spec["llama_server"], "-m", spec["gguf"], "-t", str(threads), "-tb", str(threads), "-np", "1",
                     "-c", "4096", "--host", "127.0.0.1", "--port", str(port)]
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=self.proc)
+            wait_for_http(f"http://127.0.0.1:{port}/health", timeout=max(120.0, self.timeout_s), proc=self.proc)
         except BaseException:
             self.close()
             raise
@@ -288,7 +291,8 @@ class LlamaServer(Engine):
         from benchmarks.client import chat
 
         reply = chat(self.url, {"messages": messages, "max_tokens": max_new, "temperature": 0.0, "stream": True,
-                                "stream_options": {"include_usage": True}, "cache_prompt": False})
+                                "stream_options": {"include_usage": True}, "cache_prompt": False},
+                     timeout=self.timeout_s)
         if not reply.ok:
             raise RuntimeError(f"llama-server: {reply.failure}: {reply.detail}")
         tokens = reply.completion_tokens - (1 if reply.finish_reason == "stop" else 0)

@@ -79,27 +79,36 @@ def machine_line(payload: dict[str, Any], source: str, others: list[float | None
 # -- decode ----------------------------------------------------------------------------------------------------------
 def decode_tables(payload: dict[str, Any], source: str = "benchmarks/results/decode.json") -> str:
     engines, config = payload["engines"], payload["config"]
-    peer = "llama_server" if "llama_server" in engines else ("llama_cpp" if "llama_cpp" in engines else None)
+    peer = next((n for kind in ("llama_server", "llama_cpp") for n in engines if n.partition("@")[0] == kind), None)
     identical = payload.get("replies", {}).get("identical_share", {})
     stable = payload.get("replies", {}).get("same_text_every_round", {})
-    head = ["| engine | threads | decode tok/s | TTFT s | TTFT long prompt s | e2e tok/s | latency s | reply tokens | "
-            f"x {peer or 'llama.cpp'} decode | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    head = ["| engine | threads | decode tok/s | TTFT s | TTFT long prompt s | prefill tok/s (long prompt) | "
+            f"e2e tok/s | latency s | reply tokens | x {peer or 'llama.cpp'} decode | "
+            f"x {peer or 'llama.cpp'} prefill | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for name, e in engines.items():
         rounds = e["rounds"]
         peer_rounds = engines[peer]["rounds"] if peer else []
         vs_peer = [ratio(a["decode_tokens_per_s"], b["decode_tokens_per_s"]) for a, b in zip(rounds, peer_rounds)]
+        vs_prefill = [ratio(a.get("prefill_tokens_per_s"), b.get("prefill_tokens_per_s"))
+                      for a, b in zip(rounds, peer_rounds)]
         whole = "" if e.get("streams", True) else " (whole reply)"
         ttft = fmt_spread([r["ttft_s"] for r in rounds], 3) + whole
         ttft_long = fmt_spread([r.get("ttft_long_s") for r in rounds], 3) + (whole if ttft_long_seen(rounds) else "")
         rows.append(f"| {e.get('label') or name} | {e.get('threads') or config['threads']} | "
                     f"{fmt_spread([r['decode_tokens_per_s'] for r in rounds])} | {ttft} | {ttft_long} | "
+                    f"{fmt_spread([r.get('prefill_tokens_per_s') for r in rounds])} | "
                     f"{fmt_spread([r['e2e_tokens_per_s'] for r in rounds])} | "
                     f"{fmt_spread([r['latency_s'] for r in rounds], 2)} | "
                     f"{fmt_spread([r['reply_tokens'] for r in rounds])} | {fmt_spread(vs_peer, 2)} | "
-                    f"{fmt(e.get('peak_rss_mb'), 0)} |")
+                    f"{fmt_spread(vs_prefill, 2)} | {fmt(e.get('peak_rss_mb'), 0)} |")
     for name, why in (config.get("skipped") or {}).items():
-        rows.append(f"| {name} | | skipped: {why} | | | | | | | |")
+        rows.append(f"| {name} | | skipped: {why} | | | | | | | | | |")
+    for label, runs in (payload.get("llama_bench") or {}).items():
+        if runs:
+            rows.append(f"| llama.cpp `llama-bench` ({label}, no HTTP) | {config['threads']} | "
+                        f"{fmt_spread([r.get('decode_tokens_per_s') for r in runs])} | | | "
+                        f"{fmt_spread([r.get('prefill_tokens_per_s') for r in runs])} | | | | | | |")
     names = list(engines)
     comp = ["| engine | same text every round | " + " | ".join(f"= {n}" for n in names) + " |",
             "|---|---|" + "---|" * len(names)]
@@ -226,7 +235,11 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 def build(results: Path) -> dict[str, str]:
     blocks = {}
-    for name, builder in (("decode", decode_tables), ("serve", serve_tables), ("grammar-libs", grammar_table)):
+    from benchmarks.bench_pipeline import pipeline_table
+
+    for name, builder in (("decode", decode_tables), ("serve", serve_tables), ("grammar-libs", grammar_table),
+                          ("decode-phi3-mini", decode_tables), ("serve-phi3-mini", serve_tables),
+                          ("pipeline-phi3-mini", lambda payload, _source: pipeline_table(payload))):
         path = results / f"{name}.json"
         if path.is_file():
             try:

@@ -9,6 +9,8 @@ Inputs (MLproject params, same names as the flags):
                                                  ``onnx_<recipe>`` in metrics and tables
   eval_data              JSONL eval set (default: data/eval_prompts.jsonl; format in chatpack/evaluation/data.py)
   max_new_tokens         reply budget per prompt (greedy decoding; a row's own max_tokens may lower it)
+  eval_rows              evaluate only this many rows, taken in turn from each category (0 = every row): what keeps a
+                         3.8B model's transformers reference on a CPU within a stated time (docs/steps/evaluate.md)
   registered_model_name  register champion and challenger and set those aliases (empty = no registry)
   quality_tolerance      non-inferiority margin: the ONNX model qualifies when the upper end of the 95% paired-bootstrap
                          interval of (transformers quality - ONNX quality) is at most this (0-1)
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import mlflow
 
-from chatpack.evaluation.data import DEFAULT_EVAL_DATA, load_eval_rows
+from chatpack.evaluation.data import DEFAULT_EVAL_DATA, load_eval_rows, sample_rows
 from chatpack.evaluation.evaluate import EVAL_DATA_TAG, candidate_uris, evaluate_and_log, resolve_model_uri
 from chatpack.sources.resolve import sha256_file
 from chatpack.tracking import StepInputError, step_run
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--onnx_run_ids", default="", help="Or: their log_onnx_pyfunc runs, comma-separated.")
     p.add_argument("--eval_data", default="", help=f"JSONL eval set; empty = {DEFAULT_EVAL_DATA.name} shipped here.")
     p.add_argument("--max_new_tokens", type=int, default=64, help="Reply budget per prompt.")
+    p.add_argument("--eval_rows", type=int, default=0,
+                   help="Evaluate only this many rows, taken in turn from each category; 0 = every row.")
     p.add_argument("--registered_model_name", default="", help="Register both and set aliases; empty = no registry.")
     p.add_argument("--quality_tolerance", type=float, default=0.05,
                    help="Max quality-score deficit (0-1) the faster flavour may have and still be champion.")
@@ -80,7 +84,7 @@ def _run(args: argparse.Namespace) -> None:
     uris = {"transformers": resolve_model_uri(args.transformers_model_uri, args.transformers_run_id, "transformers"),
             **candidate_uris(onnx_uris(args))}
     eval_data = args.eval_data or str(DEFAULT_EVAL_DATA)
-    rows = load_eval_rows(eval_data)
+    rows = sample_rows(load_eval_rows(eval_data), args.eval_rows)
     params = {k: v for k, v in vars(args).items() if k != "verbose"}
     with step_run(STEP, params):
         mlflow.set_tag(EVAL_DATA_TAG, sha256_file(Path(eval_data)))

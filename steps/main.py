@@ -3,7 +3,7 @@
 Inputs (MLproject params, same names as the flags): ``model``, ``revision``, ``precision``, ``execution_provider``,
 ``block_size``, ``accuracy_level`` (as in ``fetch_model``), ``registered_model_name`` (``auto`` = derived from the
 model, e.g. ``Phi-3-mini-4k-instruct-chat``; empty = no registry), ``eval_data``, ``max_new_tokens``,
-``quality_tolerance`` (as in ``evaluate``), ``recipes`` (comma-separated fetch_model recipes: a sweep, one ONNX model
+``eval_rows``, ``quality_tolerance`` (as in ``evaluate``), ``recipes`` (comma-separated fetch_model recipes: a sweep, one ONNX model
 per recipe), ``damage``/``damage_tokens`` (as in ``fetch_model``), ``onnx_source``/``onnx_revision`` (as in
 ``fetch_model``: a published onnxruntime-genai build as the ONNX form, forwarded to fetch_model only when set; then
 ``recipes`` must be one recipe or its default, which does not apply, and precision/block_size/accuracy_level stay at
@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Registry name for champion/challenger; 'auto' derives it from the model; empty = none.")
     p.add_argument("--eval_data", default="", help="JSONL eval set; empty = the one shipped in data/.")
     p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens, help="Reply budget per eval prompt.")
+    p.add_argument("--eval_rows", type=int, default=d.eval_rows,
+                   help="Evaluate only this many eval rows, taken in turn from each category; 0 = every row.")
     p.add_argument("--quality_tolerance", type=float, default=d.quality_tolerance,
                    help="Max quality deficit (0-1) the faster flavour may have and still win.")
     p.add_argument("--force", type=common.str2bool, default=False, help="true: rerun every step, reuse nothing.")
@@ -67,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _run(args: argparse.Namespace) -> None:
     options = PipelineOptions(args.model, args.revision, args.precision, args.execution_provider, args.block_size,
                               args.accuracy_level, args.registered_model_name, args.eval_data,
-                              args.max_new_tokens, args.quality_tolerance, args.force, args.damage,
+                              args.max_new_tokens, args.eval_rows, args.quality_tolerance, args.force, args.damage,
                               args.damage_tokens, args.recipes, args.onnx_source, args.onnx_revision)
     options.check()  # fail on contradicting flags before a run is created
     params = {k: v for k, v in vars(args).items() if k != "verbose"}

@@ -25,9 +25,9 @@ def _machine() -> dict:
             "threads": 2, "git_commit": "abc1234", "loadavg_per_round": [[1.5, 1, 1], [2.5, 1, 1], [0.5, 1, 1]]}
 
 
-def _decode_round(decode, ttft, e2e, latency, tokens=64.0, ttft_long=None):
-    return {"decode_tokens_per_s": decode, "ttft_s": ttft, "ttft_long_s": ttft_long, "e2e_tokens_per_s": e2e,
-            "latency_s": latency, "reply_tokens": tokens}
+def _decode_round(decode, ttft, e2e, latency, tokens=64.0, ttft_long=None, prefill=None):
+    return {"decode_tokens_per_s": decode, "ttft_s": ttft, "ttft_long_s": ttft_long, "prefill_tokens_per_s": prefill,
+            "e2e_tokens_per_s": e2e, "latency_s": latency, "reply_tokens": tokens}
 
 
 DECODE = {
@@ -37,18 +37,22 @@ DECODE = {
                "skipped": {"llama_cpp": "llama-cpp-python not installed"}},
     "engines": {
         "onnx_pyfunc": {"label": "ONNX pyfunc", "streams": True, "threads": "ort 2", "peak_rss_mb": 450.4,
-                        "rounds": [_decode_round(100.0, 0.15, 90.0, 0.7, ttft_long=0.6),
-                                   _decode_round(80.0, 0.25, 70.0, 0.9, ttft_long=0.9),
-                                   _decode_round(120.0, 0.20, 95.0, 0.6, ttft_long=0.7)]},
+                        "rounds": [_decode_round(100.0, 0.15, 90.0, 0.7, ttft_long=0.6, prefill=500.0),
+                                   _decode_round(80.0, 0.25, 70.0, 0.9, ttft_long=0.9, prefill=300.0),
+                                   _decode_round(120.0, 0.20, 95.0, 0.6, ttft_long=0.7, prefill=400.0)]},
         "transformers_pyfunc": {"label": "transformers flavour", "streams": False, "threads": "torch 2",
                                 "peak_rss_mb": 1100.0,
                                 "rounds": [_decode_round(None, 2.0, 30.0, 2.0, 60.0),
                                            _decode_round(None, 2.2, 29.0, 2.2, 60.0),
                                            _decode_round(None, 1.9, 31.0, 1.9, 60.0)]},
         "llama_server": {"label": "llama-server", "streams": True, "threads": "-t 2", "peak_rss_mb": 200.0,
-                         "rounds": [_decode_round(50.0, 0.1, 45.0, 1.2), _decode_round(100.0, 0.1, 90.0, 0.7),
-                                    _decode_round(60.0, 0.1, 55.0, 1.1)]},
+                         "rounds": [_decode_round(50.0, 0.1, 45.0, 1.2, prefill=250.0),
+                                    _decode_round(100.0, 0.1, 90.0, 0.7, prefill=300.0),
+                                    _decode_round(60.0, 0.1, 55.0, 1.1, prefill=200.0)]},
     },
+    "llama_bench": {"Q4_0": [{"prefill_tokens_per_s": 23.0, "decode_tokens_per_s": 9.6},
+                             {"prefill_tokens_per_s": 21.0, "decode_tokens_per_s": 9.0},
+                             {"prefill_tokens_per_s": 25.0, "decode_tokens_per_s": 9.9}]},
     "replies": {"identical_share": {"onnx_pyfunc": {"onnx_pyfunc": 1.0, "transformers_pyfunc": 0.0,
                                                     "llama_server": 0.25},
                                     "transformers_pyfunc": {"onnx_pyfunc": 0.0, "transformers_pyfunc": 1.0,
@@ -123,12 +127,16 @@ def test_decode_table_medians_ranges_and_skips():
     assert onnx[2] == "100.0 (80.0-120.0)"  # decode tok/s: median and range over the rounds
     assert onnx[3] == "0.200 (0.150-0.250)"  # TTFT
     assert onnx[4] == "0.700 (0.600-0.900)"  # TTFT of the long prompt
-    assert onnx[5] == "90.0 (70.0-95.0)"
-    assert onnx[7] == "64.0"  # equal in every round: no range
-    assert onnx[8] == "2.00 (0.80-2.00)"  # per-round ratios to llama-server: 100/50, 80/100, 120/60
-    assert onnx[9] == "450"
+    assert onnx[5] == "400.0 (300.0-500.0)"  # prefill tokens/s of the long prompt
+    assert onnx[6] == "90.0 (70.0-95.0)"
+    assert onnx[8] == "64.0"  # equal in every round: no range
+    assert onnx[9] == "2.00 (0.80-2.00)"  # per-round ratios to llama-server: 100/50, 80/100, 120/60
+    assert onnx[10] == "2.00 (1.00-2.00)"  # prefill ratios: 500/250, 300/300, 400/200
+    assert onnx[11] == "450"
     tf = _row(table, "transformers flavour")
-    assert tf[2] == "n/a" and tf[3] == "2.000 (1.900-2.200) (whole reply)" and tf[4] == "n/a" and tf[8] == "n/a"
+    assert tf[2] == "n/a" and tf[3] == "2.000 (1.900-2.200) (whole reply)" and tf[4] == "n/a" and tf[9] == "n/a"
+    bench = _row(table, "llama.cpp `llama-bench` (Q4_0, no HTTP)")
+    assert bench[2] == "9.6 (9.0-9.9)" and bench[5] == "23.0 (21.0-25.0)"
     assert _row(table, "llama_cpp")[2] == "skipped: llama-cpp-python not installed"
     assert _row(table, "llama_server")[1:] == ["50%", "25%", "0%", "100%"]
 
@@ -304,6 +312,34 @@ def test_decode_round_figures_and_reply_comparison():
     other = [{**samples[0]}, {**samples[1], "text": "z"}]
     compared = bench_decode.compare_replies({"a": samples, "b": other})
     assert compared["identical_share"]["a"]["b"] == 0.5 and compared["same_text_every_round"]["a"] == 1.0
+
+
+def test_gguf_files_label_each_file_by_its_quantisation_type(tmp_path):
+    from benchmarks import common
+
+    q4, q8 = tmp_path / "phi3-mini-Q4_0.gguf", tmp_path / "phi3-mini.Q8_0.gguf"
+    q4.write_bytes(b"x")
+    q8.write_bytes(b"x")
+    assert common.gguf_files([str(q4), str(q8)], bundled=False) == {"Q4_0": str(q4), "Q8_0": str(q8)}
+    assert common.gguf_files([f"mine={q4}"], bundled=False) == {"mine": str(q4)}
+    assert common.gguf_files([], bundled=False) == {}
+    with pytest.raises(SystemExit, match="--gguf: label 'Q4_0' given twice"):
+        common.gguf_files([str(q4), str(q4)], bundled=False)
+    with pytest.raises(SystemExit, match="--gguf: no such file"):
+        common.gguf_files([str(tmp_path / "missing-Q4_0.gguf")], bundled=False)
+    engines = bench_decode.expand_engines(["onnx_pyfunc", "llama_server"], {"Q4_0": str(q4), "Q8_0": str(q8)})
+    assert engines == ["onnx_pyfunc", "llama_server@Q4_0", "llama_server@Q8_0"]
+
+
+def test_request_deadline_scales_with_the_model_weights(tmp_path):
+    from benchmarks import common
+
+    (tmp_path / "model.onnx").write_bytes(b"x" * 1000)
+    assert common.request_deadline_s(tmp_path) == 120.0  # a small model: the base deadline
+    (tmp_path / "model.onnx.data").write_bytes(b"")
+    with open(tmp_path / "model.onnx.data", "wb") as f:
+        f.truncate(int(3e9))  # 3 GB of weights (sparse): ten times the base
+    assert common.request_deadline_s(tmp_path) == pytest.approx(1200.0, rel=1e-3)
 
 
 def test_benchmark_modules_import_without_side_effects():

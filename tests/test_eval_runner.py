@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from chatpack.evaluation import runner
-from chatpack.evaluation.data import DEFAULT_EVAL_DATA, load_eval_rows
+from chatpack.evaluation.data import DEFAULT_EVAL_DATA, load_eval_rows, sample_rows
 from steps import log_onnx_pyfunc, log_transformers
 from tests.helpers import logged
 
@@ -17,6 +17,19 @@ def test_timed_sample_spreads_over_the_rows_and_keeps_both_ends():
     assert len(sample) == 40 and sample[0] == 0 and sample[-1] == 339
     gaps = {b - a for a, b in zip(sample, sample[1:])}
     assert gaps <= {8, 9}
+
+
+def test_an_eval_sample_takes_rows_from_every_category_in_file_order():
+    rows = load_eval_rows(DEFAULT_EVAL_DATA)
+    categories = list(dict.fromkeys(r.category for r in rows))
+    sample = sample_rows(rows, 2 * len(categories))
+    assert len(sample) == 2 * len(categories)
+    assert {r.category for r in sample} == set(categories)  # every kind, even those with 3 rows in 340
+    assert [r.id for r in sample] == [r.id for r in rows if r in sample]  # in the file's order
+    assert sample_rows(rows, 2 * len(categories)) == sample  # the same rows every time
+    assert sample_rows(rows, 0) == rows and sample_rows(rows, 10_000) == rows
+    with pytest.raises(ValueError, match="eval_rows: must be >= 0"):
+        sample_rows(rows, -1)
 
 
 @pytest.mark.parametrize(("step", "how"), [(log_onnx_pyfunc, "threads"), (log_transformers, "pipeline")],

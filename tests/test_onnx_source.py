@@ -173,6 +173,11 @@ def test_log_onnx_pyfunc_on_an_onnx_source_run_answers_a_chat_request(onnx_sourc
                                                          "max_tokens": 3})[0])
     assert reply.object == "chat.completion" and reply.usage.completion_tokens == 3
     assert reply.model == FIXTURE_MODEL
+    metadata = mlflow.models.get_model_info(uri).metadata  # provenance: the published build, no builder options
+    fetch_tags = MlflowClient().get_run(onnx_source_run).data.tags
+    assert metadata["onnx_source"] == fetch_tags["chatpack.onnx_source"]
+    assert metadata["onnx_revision"] == fetch_tags["chatpack.onnx_revision.resolved"]
+    assert "builder_options" not in metadata
 
 
 def test_damage_report_works_on_the_published_build_and_the_copy_is_cached(onnx_source_run, published, no_builder):

@@ -78,3 +78,23 @@ def load_eval_rows(path: str | Path) -> list[EvalRow]:
     if not rows:
         raise ValueError(f"eval_data: {path} has no rows")
     return rows
+
+
+def sample_rows(rows: list[EvalRow], n: int) -> list[EvalRow]:
+    """The first ``n`` rows taken in turn from each category (in the order categories first appear), so a small
+    sample still covers every kind of prompt; all rows when ``n`` is 0 or at least their number. Deterministic: the
+    same file and ``n`` give the same rows."""
+    if n < 0:
+        raise ValueError(f"eval_rows: must be >= 0 (0 = every row), got {n}")
+    if n == 0 or n >= len(rows):
+        return rows
+    by_category: dict[str, list[EvalRow]] = {}
+    for row in rows:
+        by_category.setdefault(row.category, []).append(row)
+    queues, picked = [list(reversed(group)) for group in by_category.values()], []
+    while len(picked) < n:
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    order = {id(row): i for i, row in enumerate(rows)}
+    return sorted(picked, key=lambda row: order[id(row)])

@@ -42,6 +42,7 @@ class PipelineOptions:
     registered_model_name: str = AUTO
     eval_data: str = ""
     max_new_tokens: int = 64
+    eval_rows: int = 0  # evaluate's sample of the eval set (0 = every row)
     quality_tolerance: float = 0.05
     force: bool = False
     damage: bool = True
@@ -146,6 +147,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, str]:
         "eval_data": options.eval_data, "max_new_tokens": options.max_new_tokens,
         "registered_model_name": registry_name(options.model, options.registered_model_name),
         "quality_tolerance": options.quality_tolerance,
+        **({"eval_rows": options.eval_rows} if options.eval_rows else {}),  # forwarded only when set
     }, required_tags={EVAL_DATA_TAG: sha256_file(eval_path)})
     if len(recipes) > 1:
         runs.update({f"fetch_model.{safe(label)}": run_id for label, run_id in fetches.items()})

@@ -121,7 +121,10 @@ def log_onnx_model(
         "precision": info["precision"],
         "execution_provider": info["execution_provider"],
         "onnxruntime_genai_version": info["versions"]["onnxruntime-genai"],
-        "builder_options": str(info["builder_options"]),
+        # the ONNX form's provenance: the builder's options, or the published build it came from (no builder ran)
+        **({"onnx_source": info["onnx_source"]["source"],
+            "onnx_revision": info["onnx_source"]["revision_resolved"]} if info.get("onnx_source")
+           else {"builder_options": str(info["builder_options"])}),
         # Safe to call from many threads at once: concurrent requests decode in one continuous batch.
         CONCURRENCY_KEY: "batched",
         STRUCTURED_OUTPUTS_KEY: "response_format,tools,tool_choice,parallel_tool_calls",
