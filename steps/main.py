@@ -3,10 +3,11 @@
 Inputs (MLproject params, same names as the flags): ``model``, ``revision``, ``precision``, ``execution_provider``,
 ``block_size``, ``accuracy_level`` (as in ``fetch_model``), ``registered_model_name`` (``auto`` = derived from the
 model, e.g. ``Phi-3-mini-4k-instruct-chat``; empty = no registry), ``eval_data``, ``max_new_tokens``,
-``eval_rows``, ``quality_tolerance`` (as in ``evaluate``), ``recipes`` (comma-separated fetch_model recipes: a sweep, one ONNX model
-per recipe), ``damage``/``damage_tokens`` (as in ``fetch_model``), ``onnx_source``/``onnx_revision`` (as in
-``fetch_model``: a published onnxruntime-genai build as the ONNX form, forwarded to fetch_model only when set; then
-``recipes`` must be one recipe or its default, which does not apply, and precision/block_size/accuracy_level stay at
+``eval_rows``, ``quality_tolerance`` (as in ``evaluate``), ``recipes`` (comma-separated fetch_model recipes: a
+sweep, one ONNX model per recipe), ``damage``/``damage_tokens`` (as in ``fetch_model``),
+``onnx_source``/``onnx_revision`` (as in ``fetch_model``: a published onnxruntime-genai build as the ONNX form,
+forwarded to fetch_model only when set; then ``recipes`` must be one recipe or its default, which does not apply, and
+precision/block_size/accuracy_level stay at
 their defaults) and ``force`` (true = rerun every step).
 
 Each step runs through ``mlflow.run(..., env_manager="local")`` as a child run of this one, passing only run ids. A
