@@ -444,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
                     turns[s.name].append(conversation_turns(s, args.turn_tokens, args.timeout, r, args.think_s))
                 finally:
                     s.pause()
-            print(f"round {r + 1}/{args.rounds} multi-turn done", file=sys.stderr, flush=True)
+            if args.multi_turn:
+                print(f"round {r + 1}/{args.rounds} multi-turn done", file=sys.stderr, flush=True)
     finally:
         for s in servers:
             rss[s.name] = s.peak_rss_mb()

@@ -171,9 +171,13 @@ def serve_tables(payload: dict[str, Any], source: str = "benchmarks/results/serv
                         + (f" (threads: {v['threads']}" if v.get("threads") else " (")
                         + (f"; peak RSS {v['peak_rss_mb']:.0f} MB)" if v.get("peak_rss_mb") else ")")
                         for v in servers.values())
+    multi = (f"multi-turn: {config['conversations']} conversations x 3 turns, {config['turn_tokens']} tokens per "
+             "turn, one client" if payload.get("multi_turn") else "no multi-turn conversations")
+    levels = ", ".join(str(c) for c in [1, *(config.get("client_levels") or [config["clients"]])])
     note = (f"{config['requests']} requests per workload and round, {config['max_tokens']} reply tokens, "
-            f"{config['clients']} concurrent clients; multi-turn: {config['conversations']} conversations x 3 turns, "
-            f"{config['turn_tokens']} tokens per turn, one client. Servers: {started}.")
+            f"{levels} concurrent clients; {multi}. Servers: {started}.")
+    if not payload.get("multi_turn"):
+        turns = []
     others = [r.get("other_cpu_share") for row in payload["rows"] for r in row["rounds"]]
     return "\n".join([machine_line(payload, source, others), "", note, "", *head, *rows, "", *turns])
 
@@ -238,7 +242,8 @@ def build(results: Path) -> dict[str, str]:
     from benchmarks.bench_pipeline import pipeline_table
 
     for name, builder in (("decode", decode_tables), ("serve", serve_tables), ("grammar-libs", grammar_table),
-                          ("decode-phi3-mini", decode_tables), ("serve-phi3-mini", serve_tables),
+                          ("decode-phi3-mini", decode_tables), ("decode-phi3-mini-b128", decode_tables),
+                          ("serve-phi3-mini", serve_tables),
                           ("pipeline-phi3-mini", lambda payload, _source: pipeline_table(payload))):
         path = results / f"{name}.json"
         if path.is_file():
