@@ -70,6 +70,7 @@ def test_a_conversation_reuses_its_cached_prefix_and_replies_as_a_cold_run(model
         assert warm.stats["reused_tokens"] - reused >= len(ids) // 2  # the earlier turns were not recomputed
         fresh = OnnxChatEngine.complete(cold, ids, options)
         cold.batch.rows[:] = [type(row)() for row in cold.batch.rows]  # keep the cold engine cold
+        assert again.cached_tokens >= len(ids) // 2 and fresh.cached_tokens == 0  # usage reports the reuse
         assert again == fresh  # text, counts and every logprob
         turns = turns[:-1] + [{"role": "user", "content": question}]
     assert cold.stats["reused_tokens"] == 0
@@ -88,6 +89,7 @@ def test_a_reply_settled_while_idle_is_reused_by_the_next_turn_exactly(model_dir
     ids, reused = warm.encode_chat(turns), warm.stats["reused_tokens"]
     again = warm.complete(ids, options)
     assert warm.stats["reused_tokens"] - reused >= len(warm.encode_chat(turns[:1])) + first.completion_tokens // 2
+    assert again.cached_tokens == warm.stats["reused_tokens"] - reused
     assert again == cold.complete(ids, options)
 
 

@@ -45,13 +45,16 @@ def served(bundled_fetch_run) -> ServedModel:
 
 
 def without_ids(reply: dict) -> dict:
-    """A reply or chunk as a client compares it: everything but its id, creation time and tool-call ids (random)."""
+    """A reply or chunk as a client compares it: all but its id, time, tool-call ids (random) and cache hits."""
     def same(value):
         if isinstance(value, dict):
             return {k: "call_*" if k == "id" and str(v).startswith("call_") else same(v) for k, v in value.items()}
         return [same(v) for v in value] if isinstance(value, list) else value
 
-    return same({k: v for k, v in reply.items() if k not in ("id", "created")})
+    kept = {k: v for k, v in reply.items() if k not in ("id", "created")}
+    if isinstance(kept.get("usage"), dict):  # how many prompt tokens were cached depends on what the rows held
+        kept["usage"] = {k: v for k, v in kept["usage"].items() if k != "prompt_tokens_details"}
+    return same(kept)
 
 
 def through_pyfunc(served: ServedModel, call):

@@ -96,7 +96,8 @@ GOOD = [
 @pytest.mark.parametrize(("body", "messages", "prompt", "options", "stream"), [g[1:] for g in GOOD],
                          ids=[g[0] for g in GOOD])
 def test_accepted_bodies_parse_to_messages_prompt_options_and_stream(body, messages, prompt, options, stream):
-    assert parse_request(body) == ChatRequest(messages, prompt, options, stream)
+    include_usage = body.get("stream_options") == {"include_usage": True}  # only "every chat option" asks
+    assert parse_request(body) == ChatRequest(messages, prompt, options, stream, include_usage=include_usage)
 
 
 def test_numbers_keep_their_python_types():

@@ -107,7 +107,8 @@ def test_metrics_count_requests_tokens_and_latency(onnx_uri):
     with running as base:
         api = client(base)
         replies = [api.chat.completions.create(model="m", messages=MESSAGES, max_tokens=4) for _ in range(2)]
-        chunks = list(api.chat.completions.create(model="m", messages=MESSAGES, max_tokens=4, stream=True))
+        chunks = list(api.chat.completions.create(model="m", messages=MESSAGES, max_tokens=4, stream=True,
+                                                  stream_options={"include_usage": True}))
         raw("POST", base + "/v1/chat/completions", b"{nope")
         values = metric_values(base)
     chat = "/v1/chat/completions"

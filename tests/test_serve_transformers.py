@@ -59,11 +59,12 @@ def test_stop_ends_generation_and_is_cut_from_whole_and_streamed_replies(server)
 
 
 def test_replies_stream_token_by_token_and_equal_the_flavours_own_greedy_reply(server, fixture_uri):
-    chunks = list(client(server).chat.completions.create(model="m", messages=MESSAGES, max_tokens=8, stream=True))
+    *chunks, counted = list(client(server).chat.completions.create(model="m", messages=MESSAGES, max_tokens=8,
+                                                                   stream=True, stream_options={"include_usage": True}))
     assert sum(bool(c.choices[0].delta.content) for c in chunks) > 3  # not one whole-reply chunk
     own = mlflow.pyfunc.load_model(fixture_uri).predict({"messages": MESSAGES, "max_tokens": 8})[0]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == own["choices"][0]["message"]["content"]
-    assert chunks[-1].usage.prompt_tokens == own["usage"]["prompt_tokens"]
+    assert counted.choices == [] and counted.usage.prompt_tokens == own["usage"]["prompt_tokens"]
 
 
 @pytest.mark.parametrize(

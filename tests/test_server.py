@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -45,7 +46,40 @@ def test_streamed_reply_joins_to_the_non_streamed_greedy_reply(onnx_server):
     assert len(chunks) >= 4
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == "length"
-    assert chunks[-1].usage.completion_tokens == 12
+    assert all(c.usage is None for c in chunks)  # as OpenAI: usage only when stream_options.include_usage asks
+
+
+def test_streamed_usage_comes_in_a_last_chunk_of_no_choices_with_include_usage(onnx_server):
+    base, _ = onnx_server
+    api = client(base)
+    whole = api.chat.completions.create(model="any", messages=MESSAGES, max_tokens=7)
+    *chunks, counted = list(api.chat.completions.create(model="any", messages=MESSAGES, max_tokens=7, stream=True,
+                                                        stream_options={"include_usage": True}))
+    assert chunks[-1].choices[0].finish_reason == "length" and all(c.usage is None for c in chunks)
+    assert counted.choices == [] and counted.id == chunks[0].id and counted.object == "chat.completion.chunk"
+    assert counted.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}) == \
+        whole.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
+    off = list(api.chat.completions.create(model="any", messages=MESSAGES, max_tokens=7, stream=True,
+                                           stream_options={"include_usage": False}))
+    assert off[-1].choices[0].finish_reason == "length" and all(c.usage is None for c in off)
+
+
+def test_usage_counts_the_prompt_tokens_reused_from_a_kv_row_as_cached(onnx_server):
+    base, _ = onnx_server
+    api = client(base)
+    fresh = [{"role": "user", "content": f"Spell the word {uuid.uuid4().hex} backwards, then count its letters."}]
+    first = api.chat.completions.create(model="any", messages=fresh, max_tokens=4)
+    again = api.chat.completions.create(model="any", messages=fresh, max_tokens=4)
+    prompt = first.usage.prompt_tokens
+    assert again.usage.prompt_tokens == prompt and again.choices[0].message == first.choices[0].message
+    assert first.usage.prompt_tokens_details.cached_tokens < prompt - 20  # at most the chat template's opening
+    assert prompt - 2 <= again.usage.prompt_tokens_details.cached_tokens < prompt  # the whole prompt but its end
+    *_, counted = api.chat.completions.create(model="any", messages=fresh, max_tokens=4, stream=True,
+                                              stream_options={"include_usage": True})
+    assert prompt - 2 <= counted.usage.prompt_tokens_details.cached_tokens < prompt
+    response = api.responses.create(model="any", input=fresh[0]["content"], max_output_tokens=4)
+    assert response.usage.input_tokens == prompt
+    assert prompt - 2 <= response.usage.input_tokens_details.cached_tokens < prompt  # the Responses API's name
 
 
 def test_stream_ends_with_done_over_raw_sse(onnx_server):

@@ -118,12 +118,13 @@ def test_streamed_tool_calls_arrive_in_openai_delta_form(base):
     stream = api.chat.completions.create(model="m", messages=ASK_WEATHER, tools=TOOLS, tool_choice="required",
                                          stream=True, stream_options={"include_usage": True})
     calls: dict[int, dict] = {}
-    for chunk in stream:
+    *chunks, counted = list(stream)
+    for chunk in chunks:
         for part in chunk.choices[0].delta.tool_calls or []:
             entry = calls.setdefault(part.index, {"id": part.id, "name": part.function.name, "arguments": ""})
             entry["arguments"] += part.function.arguments or ""
-        last = chunk
-    assert last.choices[0].finish_reason == "tool_calls" and last.usage.completion_tokens > 0
+    assert chunks[-1].choices[0].finish_reason == "tool_calls" and chunks[-1].usage is None
+    assert counted.choices == [] and counted.usage.completion_tokens > 0  # include_usage: its own last chunk
     whole = api.chat.completions.create(model="m", messages=ASK_WEATHER, tools=TOOLS, tool_choice="required")
     assert [(c["name"], c["arguments"]) for c in calls.values()] == [
         (c.function.name, c.function.arguments) for c in whole.choices[0].message.tool_calls]  # greedy: the same

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None  # when ``options.logprobs`` asked for them
+    cached_tokens: int = field(default=0, compare=False)  # prompt tokens reused from a KV row's prefix (not the reply)
 
 
 @dataclass
@@ -179,7 +180,8 @@ class OnnxChatEngine:
             else:
                 item.text = "".join(job.results())
         return [Completion(item.text, item.state.finish_reason or "length", item.state.prompt_tokens,
-                           item.state.completion_tokens, item.state.logprobs) for item in items]
+                           item.state.completion_tokens, item.state.logprobs, item.state.cached_tokens)
+                for item in items]
 
     def _pending(self, prompt_ids: list[int], options: GenerationOptions, state: StreamState | None = None
                  ) -> Pending:

@@ -34,6 +34,7 @@ class StreamState:
     completion_tokens: int = 0
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None  # the emitted tokens' logprobs, when the request asked for them
+    cached_tokens: int = 0  # prompt tokens whose keys/values a KV row already held (exact prefix reuse)
 
 
 class RowDecoder:

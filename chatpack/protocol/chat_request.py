@@ -73,6 +73,7 @@ class ChatRequest:
     stream: bool = False
     reply_format: ReplyFormat | None = None  # response_format / tools, when the request sets any of them
     text_completion: bool = False  # raw-prompt form: answer with a ``text_completion`` object, not the string
+    include_usage: bool = False  # stream_options.include_usage: a streamed reply ends with a chunk of its usage
 
 
 def validate_body(body: Any) -> ChatBody | PromptBody:
@@ -114,7 +115,9 @@ def parse_request(body: Any) -> ChatRequest:
                                 top_k=request.top_k, stop=tuple(request.stop or ()), n=request.n or 1,
                                 seed=request.seed, logprobs=logprobs(request.logprobs, request.top_logprobs))
     text_completion = bool(getattr(request, "text_completion", None))
-    return ChatRequest(messages, prompt, options, request.stream, reply_format, text_completion)
+    stream_options = getattr(request, "stream_options", None)
+    include_usage = bool(stream_options and stream_options.include_usage)
+    return ChatRequest(messages, prompt, options, request.stream, reply_format, text_completion, include_usage)
 
 
 def model_payload(request: ChatRequest) -> dict[str, Any]:

@@ -26,14 +26,20 @@ def text_completion_id() -> str:
     return f"cmpl-{uuid.uuid4().hex}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's ``usage``; with ``cached_tokens`` (the engine's reused prompt prefix, part of ``prompt_tokens``) also
+    ``prompt_tokens_details``."""
+    counts: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_tokens + completion_tokens}
+    if cached_tokens is not None:
+        counts["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return counts
 
 
 def chat_completion(model: str, choices: list[tuple[str | dict[str, Any], str]], prompt_tokens: int,
                     completion_tokens: int, cid: str | None = None,
-                    logprobs: list[dict[str, Any] | None] | None = None) -> dict[str, Any]:
+                    logprobs: list[dict[str, Any] | None] | None = None,
+                    cached_tokens: int | None = None) -> dict[str, Any]:
     """A ``chat.completion`` object; ``choices`` are (content or whole message, finish_reason) pairs, ``logprobs``
     each choice's logprobs object (None: not asked for)."""
     logprobs = logprobs or [None] * len(choices)
@@ -47,7 +53,7 @@ def chat_completion(model: str, choices: list[tuple[str | dict[str, Any], str]],
              "logprobs": logprobs[i], "finish_reason": reason}
             for i, (reply, reason) in enumerate(choices)
         ],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
@@ -124,7 +130,8 @@ def chat_reply(model: str, completion: Any) -> dict[str, Any]:
     """A ``chat.completion`` from an engine ``Completion``."""
     return chat_completion(model, [(c.message or c.text, c.finish_reason) for c in completion.choices],
                            completion.prompt_tokens, completion.completion_tokens,
-                           logprobs=[chat_logprobs(c.logprobs) for c in completion.choices])
+                           logprobs=[chat_logprobs(c.logprobs) for c in completion.choices],
+                           cached_tokens=getattr(completion, "cached_tokens", None))
 
 
 def text_reply(model: str, completion: Any) -> dict[str, Any]:
@@ -144,7 +151,8 @@ def chat_chunks(model: str, events: Iterable[Any]) -> Iterator[dict[str, Any]]:
             yield chat_chunk(cid, model, created, event.delta, logprobs=chat_logprobs(event.logprobs))
         else:
             yield chat_chunk(cid, model, created, {}, event.finish_reason,
-                             usage(event.prompt_tokens, event.completion_tokens), chat_logprobs(event.logprobs))
+                             usage(event.prompt_tokens, event.completion_tokens, getattr(event, "cached_tokens", None)),
+                             chat_logprobs(event.logprobs))
 
 
 def text_chunks(model: str, events: Iterable[Any]) -> Iterator[dict[str, Any]]:

@@ -139,8 +139,9 @@ class ChatMessage(_Strict):
 
 
 class StreamOptions(_Normalised):
-    """OpenAI's ``stream_options``. Usage is always sent in the last chunk, so ``include_usage`` changes nothing;
-    other keys are ignored (OpenAI adds options here over time)."""
+    """OpenAI's ``stream_options``: with ``include_usage`` a streamed chat reply ends with a chunk of no choices
+    that carries ``usage`` (and every other chunk ``"usage": null``), as OpenAI streams it; other keys are ignored
+    (OpenAI adds options here over time)."""
 
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 

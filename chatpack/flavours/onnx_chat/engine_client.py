@@ -47,11 +47,13 @@ class Choice:
 
 @dataclass(frozen=True)
 class Completion:
-    """The whole reply to one request: its ``n`` choices and the token counts (completion tokens summed)."""
+    """The whole reply to one request: its ``n`` choices and the token counts (completion tokens summed; cached:
+    the prompt tokens every choice found in a KV row's prefix)."""
 
     choices: list[Choice]
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,14 @@ class Delta:
 
 @dataclass(frozen=True)
 class Finish:
-    """The last event of a streamed reply: why it ended, the token counts, and the logprobs not yet sent."""
+    """The last event of a streamed reply: why it ended, the token counts (cached: the prompt tokens found in a KV
+    row's prefix), and the logprobs not yet sent."""
 
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
+    cached_tokens: int = 0
 
 
 class EngineClient:
@@ -102,7 +106,8 @@ class EngineClient:
         results = self._constrained(request, lambda: self.engine.complete_all(prompt_ids, choices))
         calls = _calls_allowed(request)
         return Completion([_choice(r.text, r.finish_reason, r.logprobs, calls) for r in results], len(prompt_ids),
-                          sum(r.completion_tokens for r in results))
+                          sum(r.completion_tokens for r in results),
+                          min(getattr(r, "cached_tokens", 0) for r in results))
 
     def complete_many(self, requests: list[ChatRequest]) -> list[Completion]:
         """The replies to several requests, decoded together; cancelling the calling thread reaches all of them."""
@@ -184,7 +189,7 @@ class EngineClient:
             for delta in reader.close() if reader else []:
                 yield Delta(delta, taken.new())
             yield Finish(_finish_reason(state.finish_reason, reader), state.prompt_tokens,
-                         state.completion_tokens, taken.new(last=True))
+                         state.completion_tokens, taken.new(last=True), getattr(state, "cached_tokens", 0))
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:

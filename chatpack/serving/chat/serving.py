@@ -9,6 +9,9 @@ The chat route calls it; ``/v1/responses`` (and every later API surface) transla
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from chatpack.flavours.onnx_chat.pyfunc_model import FEATURES_KEY
 from chatpack.protocol.chat_request import ChatRequest
 from chatpack.protocol.errors import RequestError
@@ -31,6 +34,25 @@ def check_supported(chat: ChatRequest, served: ServedModel) -> ChatRequest:
                                        "logprobs need an ONNX model logged by chatpack with logprobs support (see "
                                        "docs/serving/chat.md)")
     return chat
+
+
+def openai_chunks(chunks: Iterator[dict[str, Any]], include_usage: bool) -> Iterator[dict[str, Any]]:
+    """The model's ``chat.completion.chunk`` stream as OpenAI sends it: the model's last chunk carries the usage;
+    OpenAI sends none unless ``stream_options.include_usage`` is set, and then ``"usage": null`` on every chunk and
+    the usage in one more chunk with no choices. Closing this closes ``chunks`` (which ends the generation)."""
+    counts, last = None, None
+    try:
+        for chunk in chunks:
+            counts = chunk.pop("usage", None) or counts
+            last = chunk
+            yield {**chunk, "usage": None} if include_usage else chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if include_usage and last is not None and counts is not None:
+        yield {"id": last["id"], "object": "chat.completion.chunk", "created": last["created"], "model": last["model"],
+               "choices": [], "usage": counts}
 
 
 def model_features(served: ServedModel) -> set[str]:

@@ -32,11 +32,13 @@ def item_id(prefix: str) -> str:
 
 
 def usage(chat_usage: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Chat usage as the Responses API's ``usage`` (no cache, no reasoning tokens here)."""
+    """Chat usage as the Responses API's ``usage`` (cached: the prompt prefix the engine reused; no reasoning
+    tokens here)."""
     if not chat_usage:
         return None
     prompt, completion = chat_usage.get("prompt_tokens", 0), chat_usage.get("completion_tokens", 0)
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+    cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": prompt + completion}
 
