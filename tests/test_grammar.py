@@ -8,10 +8,12 @@ import json
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
 import pytest
 
+from chatpack.engine.batch_loop import SHARED_FORCED_TOKENS
 from chatpack.engine.chat_engine import OnnxChatEngine
 from chatpack.engine.guidance import GuidanceError, reply_guidance, styled
 from chatpack.protocol.chat_request import GenerationOptions
@@ -116,6 +118,39 @@ def test_fast_forward_takes_forced_tokens_in_passes_and_replies_as_token_by_toke
     finally:
         engine.batch.fast_forward = True
     assert forwarded == by_step
+
+
+def nested_schema(depth: int) -> dict:
+    schema: dict = {"type": "object", "properties": {"digit": {"type": "integer", "minimum": 0, "maximum": 9}},
+                    "required": ["digit"]}
+    for level in range(depth, 0, -1):
+        key = f"nested_level_{level}"
+        schema = {"type": "object", "properties": {key: schema}, "required": [key]}
+    return schema
+
+
+def test_a_reply_its_grammar_mostly_forces_takes_one_pass_per_step_while_others_decode(engine, monkeypatch):
+    nested = (chat(engine, "deep"), schema_options(nested_schema(12), max_tokens=300))
+    free = (chat(engine, "free"), GenerationOptions(max_tokens=60))
+    alone = [engine.complete(*nested), engine.complete(*free)]
+    passes, run = [], engine.batch.kv.run
+
+    def spy(first_row, ids, lengths, every_position=False):  # the real pass, noted: (rows active, rows, new tokens)
+        passes.append((engine.batch.active, *ids.shape, every_position))
+        return run(first_row, ids, lengths, every_position)
+
+    monkeypatch.setattr(engine.batch.kv, "run", spy)
+    forced = engine.stats["forced_passes"]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda r: engine.complete(*r), [nested, free]))
+    assert together == alone and engine.stats["forced_passes"] > forced
+    runs, longest, widest = 0, 0, 0  # fast-forward passes (one row, several tokens, every position) while both ran
+    for active, rows, new, every_position in passes:
+        shared_pass = active > 1 and rows == 1 and new > 1 and every_position
+        runs = runs + 1 if shared_pass else 0
+        longest, widest = max(longest, runs), max(widest, new if shared_pass else 0)
+    assert longest == 1  # the free row joined while the nested one ran, and each forced run waited for a step
+    assert widest <= SHARED_FORCED_TOKENS + 1  # and took a few forced tokens at a time, not the whole run
 
 
 def test_constrained_and_free_rows_joining_at_different_times_get_their_solo_replies(engine):

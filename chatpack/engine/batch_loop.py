@@ -10,8 +10,9 @@ row (structured output, tools) draws under its own token mask (:mod:`chatpack.en
 step's constrained rows are computed together, on another thread while onnxruntime runs the step (a mask depends
 only on the tokens the row has taken); the drawn token goes back to the row's matcher. Where the grammar then allows
 one continuation only (JSON keys, punctuation, a tool call's envelope), the row feeds those tokens in a pass of its
-own (fast-forward) and takes each one it draws itself from that pass's logits, under its mask, as it would one step
-at a time; a row whose grammar admits nothing but the end of the reply ends without another step. A request running
+own (fast-forward; one such pass per loop turn while other rows run) and takes each one it draws itself from that
+pass's logits, under its mask, as it would one step at a time; a row whose grammar admits nothing but the end of the
+reply ends without another step. A request running
 alone, greedy, may instead verify a draft copied from its own context (prompt-lookup speculation) the same way.
 
 Rows are kept in two regions: active rows first (a decode step runs rows ``0..active-1`` in one call), then idle
@@ -41,6 +42,8 @@ from chatpack.engine.prompt_passes import Row, draft_tokens, prefill_chunks, set
 from chatpack.engine.scheduler import END, Admission, Job, Scheduler
 
 logger = logging.getLogger(__name__)
+
+SHARED_FORCED_TOKENS = 8  # forced tokens a row takes per loop turn while others run (a pass about a step's cost)
 
 _LOOPS: weakref.WeakSet = weakref.WeakSet()
 
@@ -141,6 +144,7 @@ class BatchLoop:
         row.job, row.tokens, row.exact, self.active = job, row.tokens[:reuse], 0, self.active + 1
         self.stats["prompt_tokens"] += len(job.prompt_ids)
         self.stats["reused_tokens"] += reuse
+        job.state.cached_tokens = reuse  # set before the reader hears anything of this job
         masks = self._masker.start([job])  # the first token's mask, computed while the prompt is
         logits = None
         for start, end in prefill_chunks(reuse, len(job.prompt_ids)):
@@ -182,12 +186,18 @@ class BatchLoop:
                 self._fast_forward(i)
 
     def _fast_forward(self, index: int) -> None:
-        """While row ``index``'s grammar forces tokens after its next one, take them in passes of their own."""
+        """Take the tokens row ``index``'s grammar forces after its next one in a pass of their own: one pass per
+        loop turn while other rows run or wait (a reply its grammar mostly forces, such as deeply nested keys, must
+        not hold theirs up), pass after pass while it runs alone."""
         job = self.rows[index].job
         while self.rows[index].job is job and job.forced:
-            self.stats["forced"] += len(job.forced)
+            shared = self.active > 1 or self.scheduler.waiting
+            draft = job.forced[:SHARED_FORCED_TOKENS] if shared else job.forced
+            self.stats["forced"] += len(draft)
             self.stats["forced_passes"] += 1
-            self.stats["forced_taken"] += self._draft_pass(index, job.forced)
+            self.stats["forced_taken"] += self._draft_pass(index, draft)
+            if shared:
+                return  # the rest after the next step (whose token the mask then forces as well)
 
     def _draft_pass(self, index: int, draft: list[int]) -> int:
         """Feed row ``index``'s next token and ``draft`` (tokens expected after it) in one pass, and take each draft
