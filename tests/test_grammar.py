@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jsonschema
 import pytest
 
-from chatpack.engine.batch_loop import SHARED_FORCED_TOKENS
+from chatpack.engine.batch_loop import FORCED_PER_STEP
 from chatpack.engine.chat_engine import OnnxChatEngine
 from chatpack.engine.guidance import GuidanceError, reply_guidance, styled
 from chatpack.protocol.chat_request import GenerationOptions
@@ -129,28 +129,36 @@ def nested_schema(depth: int) -> dict:
     return schema
 
 
-def test_a_reply_its_grammar_mostly_forces_takes_one_pass_per_step_while_others_decode(engine, monkeypatch):
+def test_a_reply_its_grammar_mostly_forces_shares_the_batch_and_is_split_the_same_alone(engine, monkeypatch):
     nested = (chat(engine, "deep"), schema_options(nested_schema(12), max_tokens=300))
     free = (chat(engine, "free"), GenerationOptions(max_tokens=60))
-    alone = [engine.complete(*nested), engine.complete(*free)]
     passes, run = [], engine.batch.kv.run
 
     def spy(first_row, ids, lengths, every_position=False):  # the real pass, noted: (rows active, rows, new tokens)
         passes.append((engine.batch.active, *ids.shape, every_position))
         return run(first_row, ids, lengths, every_position)
 
+    def forced_passes(since: int) -> list[tuple[int, int]]:  # (rows active, tokens) of each fast-forward pass
+        return [(active, new) for active, rows, new, every in passes[since:] if rows == 1 and new > 1 and every]
+
     monkeypatch.setattr(engine.batch.kv, "run", spy)
-    forced = engine.stats["forced_passes"]
+    alone = engine.complete(*nested)
+    solo = forced_passes(0)
+    free_alone, mark = engine.complete(*free), len(passes)
     with ThreadPoolExecutor(2) as pool:
         together = list(pool.map(lambda r: engine.complete(*r), [nested, free]))
-    assert together == alone and engine.stats["forced_passes"] > forced
-    runs, longest, widest = 0, 0, 0  # fast-forward passes (one row, several tokens, every position) while both ran
-    for active, rows, new, every_position in passes:
-        shared_pass = active > 1 and rows == 1 and new > 1 and every_position
-        runs = runs + 1 if shared_pass else 0
-        longest, widest = max(longest, runs), max(widest, new if shared_pass else 0)
-    assert longest == 1  # the free row joined while the nested one ran, and each forced run waited for a step
-    assert widest <= SHARED_FORCED_TOKENS + 1  # and took a few forced tokens at a time, not the whole run
+    assert together == [alone, free_alone]
+    shared = forced_passes(mark)
+    assert [new for _, new in shared] == [new for _, new in solo]  # split by its own tokens, not by the load
+    assert max(new for _, new in solo) <= FORCED_PER_STEP + 1 and len(solo) >= 3  # more than a turn forced
+    assert any(active > 1 for active, _ in shared)  # the free row joined while the nested one still ran
+    runs = 0  # forced tokens taken between two decode steps while both ran
+    for active, rows, new, every in passes[mark:]:
+        if active > 1 and rows == 1 and new > 1 and every:
+            runs += new - 1
+            assert runs <= FORCED_PER_STEP  # then the free row's next step came
+        elif rows > 1 or new == 1:
+            runs = 0
 
 
 def test_constrained_and_free_rows_joining_at_different_times_get_their_solo_replies(engine):

@@ -10,10 +10,10 @@ row (structured output, tools) draws under its own token mask (:mod:`chatpack.en
 step's constrained rows are computed together, on another thread while onnxruntime runs the step (a mask depends
 only on the tokens the row has taken); the drawn token goes back to the row's matcher. Where the grammar then allows
 one continuation only (JSON keys, punctuation, a tool call's envelope), the row feeds those tokens in a pass of its
-own (fast-forward; one such pass per loop turn while other rows run) and takes each one it draws itself from that
+own (fast-forward, up to :data:`FORCED_PER_STEP` tokens per loop turn) and takes each one it draws itself from that
 pass's logits, under its mask, as it would one step at a time; a row whose grammar admits nothing but the end of the
-reply ends without another step. A request running
-alone, greedy, may instead verify a draft copied from its own context (prompt-lookup speculation) the same way.
+reply ends without another step. A request running alone, greedy, may instead verify a draft copied from its own
+context (prompt-lookup speculation) the same way.
 
 Rows are kept in two regions: active rows first (a decode step runs rows ``0..active-1`` in one call), then idle
 rows, which keep the KV cache of the requests they last served, most recently used first to be kept. Only what a
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from chatpack.engine.grammar import Masker, masked
+from chatpack.engine.grammar import FAST_FORWARD_MIN, Masker, masked
 from chatpack.engine.guidance import GuidanceError
 from chatpack.engine.kv_rows import KvRows
 from chatpack.engine.prompt_passes import Row, draft_tokens, prefill_chunks, settle
@@ -43,7 +43,7 @@ from chatpack.engine.scheduler import END, Admission, Job, Scheduler
 
 logger = logging.getLogger(__name__)
 
-SHARED_FORCED_TOKENS = 8  # forced tokens a row takes per loop turn while others run (a pass about a step's cost)
+FORCED_PER_STEP = 16  # forced tokens a row takes per loop turn (the rest after the next step), alone or not
 
 _LOOPS: weakref.WeakSet = weakref.WeakSet()
 
@@ -186,18 +186,17 @@ class BatchLoop:
                 self._fast_forward(i)
 
     def _fast_forward(self, index: int) -> None:
-        """Take the tokens row ``index``'s grammar forces after its next one in a pass of their own: one pass per
-        loop turn while other rows run or wait (a reply its grammar mostly forces, such as deeply nested keys, must
-        not hold theirs up), pass after pass while it runs alone."""
-        job = self.rows[index].job
-        while self.rows[index].job is job and job.forced:
-            shared = self.active > 1 or self.scheduler.waiting
-            draft = job.forced[:SHARED_FORCED_TOKENS] if shared else job.forced
+        """Take the tokens row ``index``'s grammar forces after its next one in passes of their own, at most
+        :data:`FORCED_PER_STEP` per loop turn: a reply its grammar mostly forces (deeply nested keys) shares the batch
+        instead of holding it. The split depends on the row's own tokens only, never on the load, so that its reply
+        is the same alone and in any batch."""
+        job, budget = self.rows[index].job, FORCED_PER_STEP
+        while self.rows[index].job is job and job.forced and budget >= FAST_FORWARD_MIN:
+            draft = job.forced[:budget]
+            budget -= len(draft)
             self.stats["forced"] += len(draft)
             self.stats["forced_passes"] += 1
             self.stats["forced_taken"] += self._draft_pass(index, draft)
-            if shared:
-                return  # the rest after the next step (whose token the mask then forces as well)
 
     def _draft_pass(self, index: int, draft: list[int]) -> int:
         """Feed row ``index``'s next token and ``draft`` (tokens expected after it) in one pass, and take each draft

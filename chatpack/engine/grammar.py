@@ -38,8 +38,6 @@ from chatpack.protocol.reply_format import Guidance
 DEFAULT_COMPILE_SECONDS = 5.0  # a constraint that takes longer to compile is refused (serve --compile_timeout_s)
 DEFAULT_CACHE_SIZE = 256  # compiled constraints kept (least recently used dropped first)
 FAST_FORWARD_MIN = 2  # forced tokens worth a pass of their own
-FAST_FORWARD_MAX = 31  # forced tokens per pass: bounds what one pass holds the batch for (a long run of forced
-#                        tokens, such as 40 nested keys, takes several), and keeps a pass short of the GEMM tile
 COMPILE_WORKERS = 2  # compiles at once (each releases the GIL; a long one never holds the batch)
 _WARM_UP = Guidance("json_schema", '{"type": "object"}')
 
@@ -158,10 +156,8 @@ class RowMatcher:
         self.taken += 1
 
     def forced(self, limit: int) -> list[int]:
-        """The tokens (at most ``limit`` and :data:`FAST_FORWARD_MAX`) the grammar allows as the only continuation
-        from here, not consumed yet; [] when fewer than :data:`FAST_FORWARD_MIN` (a pass of their own costs about a
-        decode step)."""
-        limit = min(limit, FAST_FORWARD_MAX)
+        """The tokens (at most ``limit``) the grammar allows as the only continuation from here, not consumed yet;
+        [] when fewer than :data:`FAST_FORWARD_MIN` (a pass of their own costs about a decode step)."""
         forced = [] if self.matcher.is_stopped() else list(self.matcher.compute_ff_tokens())[:limit]
         return forced if len(forced) >= FAST_FORWARD_MIN else []
 
