@@ -128,6 +128,16 @@ def test_streamed_completions_join_to_the_whole_reply(onnx_server):
         assert [t for c in mine for t in c.logprobs.tokens] == choice.logprobs.tokens
         assert [c.finish_reason for c in mine][-1] == choice.finish_reason
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_streamed_completions_count_each_prompt_once_whatever_n(onnx_server):
+    api = client(onnx_server[0])
+    whole = api.completions.create(model="m", prompt=[PROMPT, "Hello"], max_tokens=4, n=2, seed=1, temperature=1.0)
+    chunks = list(api.completions.create(model="m", prompt=[PROMPT, "Hello"], max_tokens=4, n=2, seed=1,
+                                         temperature=1.0, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
 def test_streamed_completions_end_with_done_over_raw_sse(onnx_server):
@@ -149,9 +159,12 @@ def test_streamed_completions_end_with_done_over_raw_sse(onnx_server):
         ({"messages": MESSAGES, "top_logprobs": 3}, "top_logprobs"),
         ({"messages": MESSAGES, "logprobs": "yes"}, "logprobs"),
         ({"messages": MESSAGES, "logprobs": True, "stream": True, "top_logprobs": 30}, "top_logprobs"),
+        ({"messages": MESSAGES, "stream_options": {"include_usage": True}}, "stream_options"),  # not streamed
+        ({"messages": MESSAGES, "stream": False, "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": MESSAGES, "stream": True, "stream_options": {"continuous_usage_stats": True}}, "stream_options"),
     ],
 )
-def test_bad_chat_logprobs_get_400_naming_the_field(onnx_server, kwargs, param):
+def test_bad_chat_logprobs_and_stream_options_get_400_naming_the_field(onnx_server, kwargs, param):
     base, _ = onnx_server
     with pytest.raises(openai.BadRequestError) as err:
         result = client(base).chat.completions.create(model="m", **kwargs)
@@ -180,6 +193,8 @@ def test_bad_chat_logprobs_get_400_naming_the_field(onnx_server, kwargs, param):
         ({"prompt": "Hi", "extra_body": {"frobnicate": 1}}, "frobnicate"),
         ({"prompt": "word " * 600}, "prompt"),  # context: 512 tokens
         ({"prompt": ["word " * 600, "Hi"], "stream": True}, "prompt"),
+        ({"prompt": "Hi", "stream_options": {"include_usage": True}}, "stream_options"),  # not streamed
+        ({"prompt": "Hi", "stream": True, "stream_options": {"foo": 1}}, "stream_options"),
     ],
 )
 def test_bad_completions_get_400_naming_the_field(onnx_server, kwargs, param):

@@ -74,7 +74,7 @@ GOOD = [
                           "seed": 0, "stop": ["a", "b", "c", "d"]},
      M, None, GenerationOptions(1, 2.0, 1.0, 1, ("a", "b", "c", "d"), 8, 0), False),
     ("lower bounds", {"messages": M, "temperature": 0, "n": 1}, M, None, GenerationOptions(temperature=0.0), False),
-    ("unknown stream_options keys ignored", {"messages": M, "stream_options": {"include_obfuscation": False}}, M,
+    ("include_obfuscation accepted", {"messages": M, "stream_options": {"include_obfuscation": False}}, M,
      None, GenerationOptions(), False),
     ("neutral values of unimplemented fields (what clients send by default)",
      {"messages": M, "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "store": False,
@@ -175,6 +175,9 @@ BAD = [
      r"stream_options: expected an object such as \{\"include_usage\": true\}, got 5"),
     ("include_usage a word", {"messages": M, "stream_options": {"include_usage": "yes"}}, "stream_options",
      r"stream_options\.include_usage: expected true or false, got 'yes'"),
+    ("stream_options with a key of another server", {"messages": M, "stream_options": {"continuous_usage_stats": 1}},
+     "stream_options", r"stream_options\.continuous_usage_stats: unsupported field \(supported: include_obfuscation, "
+     r"include_usage\)"),
     ("model not a string", {"messages": M, "model": 5}, "model", r"model: expected a string, got 5"),
     ("user not a string", {"messages": M, "user": ["u"]}, "user", r"user: expected a string, got a list"),
     ("unknown field", {"messages": M, "foo": 1}, "foo", rf"foo: unsupported field \(supported: {CHAT_FIELDS}\)"),

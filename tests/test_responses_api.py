@@ -263,6 +263,13 @@ def test_bad_requests_are_400_naming_the_responses_field(base, body, param):
     assert client(base).responses.create(model="m", input="x", max_output_tokens=2).output
 
 
+def test_stream_options_are_taken_with_a_stream_only(base):
+    body = {"input": "x", "max_output_tokens": 2, "stream_options": {"include_obfuscation": False}}
+    status, reply = raw("POST", base + "/v1/responses", json.dumps(body).encode())
+    assert status == 400 and reply["error"]["param"] == "stream_options", reply
+    assert raw_events(base, body)[-1].type in ("response.completed", "response.incomplete")  # streamed: taken
+
+
 def test_errors_of_the_chat_checks_name_the_responses_path(base):
     def message(body: dict) -> str:
         status, reply = raw("POST", base + "/v1/responses", json.dumps(body).encode())

@@ -84,3 +84,6 @@ def openai_error(exc: BaseException) -> tuple[int, dict[str, Any]]:
             return 400, error_body(400, exc.message, exc.param)
         return 400, error_body(400, *short_message(exc.message))
     return 500, error_body(500, f"generation failed: {type(exc).__name__}")
+
+
+STREAM_OPTIONS_ALONE = 'stream_options: only allowed with "stream": true (as OpenAI)'

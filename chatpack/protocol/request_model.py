@@ -138,14 +138,14 @@ class ChatMessage(_Strict):
         return self
 
 
-class StreamOptions(_Normalised):
-    """OpenAI's ``stream_options``: with ``include_usage`` a streamed chat reply ends with a chunk of no choices
-    that carries ``usage`` (and every other chunk ``"usage": null``), as OpenAI streams it; other keys are ignored
-    (OpenAI adds options here over time)."""
-
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+class StreamOptions(_Strict):
+    """OpenAI's ``stream_options`` (only with ``"stream": true``): with ``include_usage`` a streamed reply ends with
+    a chunk of no choices that carries ``usage`` (and every other chunk ``"usage": null``), as OpenAI streams it;
+    ``include_obfuscation`` is accepted and has no effect (no padding field is added to the events); other keys are
+    refused by name."""
 
     include_usage: bool | None = None
+    include_obfuscation: bool | None = None
 
 
 class SamplingOptions(_Strict):

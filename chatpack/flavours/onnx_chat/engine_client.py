@@ -48,7 +48,7 @@ class Choice:
 @dataclass(frozen=True)
 class Completion:
     """The whole reply to one request: its ``n`` choices and the token counts (completion tokens summed; cached:
-    the prompt tokens every choice found in a KV row's prefix)."""
+    the most prompt tokens a choice found in a KV row's prefix, as the prompt is counted once)."""
 
     choices: list[Choice]
     prompt_tokens: int
@@ -107,7 +107,7 @@ class EngineClient:
         calls = _calls_allowed(request)
         return Completion([_choice(r.text, r.finish_reason, r.logprobs, calls) for r in results], len(prompt_ids),
                           sum(r.completion_tokens for r in results),
-                          min(getattr(r, "cached_tokens", 0) for r in results))
+                          max(getattr(r, "cached_tokens", 0) for r in results))
 
     def complete_many(self, requests: list[ChatRequest]) -> list[Completion]:
         """The replies to several requests, decoded together; cancelling the calling thread reaches all of them."""

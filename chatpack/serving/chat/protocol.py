@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatpack.protocol.chat_request import ChatRequest, parse_request
-from chatpack.protocol.errors import RequestError
+from chatpack.protocol.errors import STREAM_OPTIONS_ALONE, RequestError
 
 
 def parse_chat(body: Any) -> ChatRequest:
@@ -19,4 +19,6 @@ def parse_chat(body: Any) -> ChatRequest:
     chat = parse_request(body)
     if chat.prompt is not None:
         raise RequestError("prompt", "prompt: not a chat-completions field; send 'messages'")
+    if body.get("stream_options") is not None and not chat.stream:
+        raise RequestError("stream_options", STREAM_OPTIONS_ALONE)
     return chat

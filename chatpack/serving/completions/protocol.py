@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from chatpack.protocol.chat_request import ChatRequest, parse_request
-from chatpack.protocol.errors import Neutral, RequestError, refuse_unless_neutral
+from chatpack.protocol.errors import STREAM_OPTIONS_ALONE, Neutral, RequestError, refuse_unless_neutral
 from chatpack.protocol.request_model import SamplingOptions, StreamOptions, integral_float, present
 from chatpack.protocol.validation_text import explain, shown
 
@@ -89,6 +89,8 @@ def parse_completion(body: Any) -> CompletionRequest:
             row[key] = getattr(request, key)
     if request.logprobs is not None:
         row |= {"logprobs": True, "top_logprobs": request.logprobs}
+    if request.stream_options is not None and not request.stream:
+        raise RequestError("stream_options", STREAM_OPTIONS_ALONE)
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     return CompletionRequest(prompts, request.n or 1, request.stream, include_usage,
                              [parse_request({"prompt": p, **row}) for p in prompts])

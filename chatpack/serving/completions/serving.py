@@ -56,7 +56,8 @@ def merged(served: ServedModel, completion: CompletionRequest) -> dict[str, Any]
 
 
 def streamed_chunks(served: ServedModel, completion: CompletionRequest) -> Iterator[dict[str, Any]]:
-    """Each prompt's n choices streamed one after another, renumbered; usage summed for the last chunk."""
+    """Each prompt's n choices streamed one after another, renumbered; usage summed for the last chunk (each prompt's
+    tokens counted once, as in a whole reply), and ``"usage": null`` on the others."""
     cid, created = text_completion_id(), int(time.time())
     totals, index = [0, 0], 0
     for request in completion.requests:
@@ -66,10 +67,11 @@ def streamed_chunks(served: ServedModel, completion: CompletionRequest) -> Itera
                 for chunk in produced:
                     used = chunk.pop("usage", None)
                     if used:
-                        totals[0] += used["prompt_tokens"]
+                        totals[0] += used["prompt_tokens"] if choice == 0 else 0  # a prompt counts once
                         totals[1] += used["completion_tokens"]
                     yield {**chunk, "id": cid, "created": created,
-                           "choices": [{**chunk["choices"][0], "index": index}]}
+                           "choices": [{**chunk["choices"][0], "index": index}],
+                           **({"usage": None} if completion.include_usage else {})}
             finally:
                 produced.close()  # ends generation and frees the model
             index += 1

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from chatpack.protocol.errors import Neutral, RequestError, refuse_unless_neutral
+from chatpack.protocol.errors import STREAM_OPTIONS_ALONE, Neutral, RequestError, refuse_unless_neutral
 from chatpack.serving.request_checks import fields_of, short, string_at
 
 ROLES = ("user", "assistant", "system", "developer")
@@ -97,6 +97,8 @@ def translate(body: Any) -> ResponsesRequest:
             string_at(body[key], key)
     if "stream_options" in body:
         _options(body["stream_options"])
+        if body["stream_options"] is not None and body.get("stream") is not True:
+            raise RequestError("stream_options", STREAM_OPTIONS_ALONE)
     echo["metadata"] = _metadata(body.get("metadata", {}))
     if "text" in body:
         fmt = _text_format(body["text"])
