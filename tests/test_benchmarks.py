@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -406,7 +407,9 @@ def test_cpu_meter_reads_this_machine():
         pytest.skip("no /proc/stat")
     before = busy_cpu_seconds()
     meter = CpuMeter([]).start()
-    sum(i * i for i in range(200_000))
+    deadline = time.perf_counter() + 0.2  # /proc/stat counts in 10 ms ticks: stay busy for many of them
+    while time.perf_counter() < deadline:
+        sum(i * i for i in range(10_000))
     share = meter.stop()
     assert share is not None and 0.0 <= share <= 1.0
     assert busy_cpu_seconds() > before  # the machine's busy time moves (we were busy)
