@@ -76,7 +76,6 @@ def test_replies_stream_token_by_token_and_equal_the_flavours_own_greedy_reply(s
         ({"messages": MESSAGES, "max_tokens": -1}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "word " * 600}]}, "messages"),  # context: 512 tokens
         ({"messages": [{"role": "user", "content": "word " * 600}], "stream": True}, "messages"),
-        ({"messages": MESSAGES, "n": 2, "stream": True}, "n"),
         ({"messages": MESSAGES, "logprobs": True}, "logprobs"),  # not implemented for this flavour: refused
         ({"messages": MESSAGES, "logprobs": True, "stream": True}, "logprobs"),
     ],
@@ -97,9 +96,13 @@ def test_text_completions_are_refused_naming_prompt(server):
     assert err.value.body["param"] == "prompt" and "transformers flavour" in err.value.body["message"]
 
 
-def test_n_gives_that_many_choices(server):
+def test_n_gives_that_many_choices_whole_or_streamed(server):
     reply = client(server).chat.completions.create(model="m", messages=MESSAGES, max_tokens=4, n=2)
     assert len(reply.choices) == 2 and reply.usage.completion_tokens == 8
+    *chunks, counted = list(client(server).chat.completions.create(
+        model="m", messages=MESSAGES, max_tokens=4, n=2, stream=True, stream_options={"include_usage": True}))
+    assert [c.choices[0].index for c in chunks if c.choices[0].finish_reason] == [0, 1]
+    assert counted.usage.completion_tokens == 8 and counted.usage.prompt_tokens == reply.usage.prompt_tokens
 
 
 def test_n_seeded_choices_are_distinct_samples_reproducible_as_a_set(fixture_fetch_run):

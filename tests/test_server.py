@@ -64,6 +64,23 @@ def test_streamed_usage_comes_in_a_last_chunk_of_no_choices_with_include_usage(o
     assert off[-1].choices[0].finish_reason == "length" and all(c.usage is None for c in off)
 
 
+def test_n_choices_stream_one_after_another_as_the_whole_reply_gives_them(onnx_server):
+    api = client(onnx_server[0])
+    asked = {"model": "any", "messages": MESSAGES, "max_tokens": 6, "n": 3, "temperature": 1.0, "seed": 5}
+    whole = api.chat.completions.create(**asked)
+    *chunks, counted = list(api.chat.completions.create(**asked, stream=True, stream_options={"include_usage": True}))
+    assert {c.id for c in chunks} == {chunks[0].id} == {counted.id}
+    order = [c.choices[0].index for c in chunks]
+    assert order == sorted(order) and set(order) == {0, 1, 2}  # choice by choice
+    for choice in whole.choices:
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == choice.index]
+        assert "".join(c.delta.content or "" for c in mine) == choice.message.content
+        assert mine[0].delta.role == "assistant" and mine[-1].finish_reason == choice.finish_reason
+    assert len({c.message.content for c in whole.choices}) > 1  # three seeds, three samples
+    assert counted.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}) == \
+        whole.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
+
+
 def test_usage_counts_the_prompt_tokens_reused_from_a_kv_row_as_cached(onnx_server):
     base, _ = onnx_server
     api = client(base)

@@ -9,6 +9,7 @@ The chat route calls it; ``/v1/responses`` (and every later API surface) transla
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +35,38 @@ def check_supported(chat: ChatRequest, served: ServedModel) -> ChatRequest:
                                        "logprobs need an ONNX model logged by chatpack with logprobs support (see "
                                        "docs/serving/chat.md)")
     return chat
+
+
+def choice_chunks(served: ServedModel, chat: ChatRequest) -> Iterator[dict[str, Any]]:
+    """The model's ``chat.completion.chunk`` stream for ``chat``; with ``n`` > 1 its choices one after another (each
+    streamed as a request of its own, choice i with ``seed + i`` as in a whole reply), renumbered under one id, and
+    the usage counted as a whole reply counts it (the prompt once, the choices' tokens summed). Closing this closes
+    the choice being streamed (which ends its generation)."""
+    if chat.options.n == 1:
+        yield from _closing(served.stream(chat))
+        return
+    first: dict[str, Any] | None = None
+    completion_tokens = 0
+    for index in range(chat.options.n):
+        options = dataclasses.replace(chat.options.for_choice(index), n=1)
+        for chunk in _closing(served.stream(dataclasses.replace(chat, options=options))):
+            first = first or chunk
+            used = chunk.get("usage")
+            if used:
+                completion_tokens += used["completion_tokens"]
+                chunk["usage"] = {**used, "completion_tokens": completion_tokens,
+                                  "total_tokens": used["prompt_tokens"] + completion_tokens}
+            yield {**chunk, "id": first["id"], "created": first["created"],
+                   "choices": [{**c, "index": index} for c in chunk["choices"]]}
+
+
+def _closing(chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    try:
+        yield from chunks
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def openai_chunks(chunks: Iterator[dict[str, Any]], include_usage: bool) -> Iterator[dict[str, Any]]:
