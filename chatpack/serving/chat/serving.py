@@ -43,13 +43,13 @@ def choice_chunks(served: ServedModel, chat: ChatRequest) -> Iterator[dict[str, 
     the usage counted as a whole reply counts it (the prompt once, the choices' tokens summed). Closing this closes
     the choice being streamed (which ends its generation)."""
     if chat.options.n == 1:
-        yield from _closing(served.stream(chat))
+        yield from closing(served.stream(chat))
         return
     first: dict[str, Any] | None = None
     completion_tokens = 0
     for index in range(chat.options.n):
         options = dataclasses.replace(chat.options.for_choice(index), n=1)
-        for chunk in _closing(served.stream(dataclasses.replace(chat, options=options))):
+        for chunk in closing(served.stream(dataclasses.replace(chat, options=options))):
             first = first or chunk
             used = chunk.get("usage")
             if used:
@@ -60,7 +60,8 @@ def choice_chunks(served: ServedModel, chat: ChatRequest) -> Iterator[dict[str, 
                    "choices": [{**c, "index": index} for c in chunk["choices"]]}
 
 
-def _closing(chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def closing(chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """``chunks``, closed when this is closed or ends (closing a model's stream ends its generation)."""
     try:
         yield from chunks
     finally:
@@ -74,15 +75,10 @@ def openai_chunks(chunks: Iterator[dict[str, Any]], include_usage: bool) -> Iter
     OpenAI sends none unless ``stream_options.include_usage`` is set, and then ``"usage": null`` on every chunk and
     the usage in one more chunk with no choices. Closing this closes ``chunks`` (which ends the generation)."""
     counts, last = None, None
-    try:
-        for chunk in chunks:
-            counts = chunk.pop("usage", None) or counts
-            last = chunk
-            yield {**chunk, "usage": None} if include_usage else chunk
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+    for chunk in closing(chunks):
+        counts = chunk.pop("usage", None) or counts
+        last = chunk
+        yield {**chunk, "usage": None} if include_usage else chunk
     if include_usage and last is not None and counts is not None:
         yield {"id": last["id"], "object": "chat.completion.chunk", "created": last["created"], "model": last["model"],
                "choices": [], "usage": counts}

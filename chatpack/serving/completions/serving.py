@@ -22,7 +22,7 @@ from typing import Any
 from chatpack.protocol.chat_request import ChatRequest
 from chatpack.protocol.errors import RequestError
 from chatpack.protocol.replies import text_completion, text_completion_id, usage
-from chatpack.serving.chat.serving import model_features
+from chatpack.serving.chat.serving import closing, model_features
 from chatpack.serving.completions.protocol import CompletionRequest
 from chatpack.serving.served_model import ServedModel
 
@@ -62,18 +62,14 @@ def streamed_chunks(served: ServedModel, completion: CompletionRequest) -> Itera
     totals, index = [0, 0], 0
     for request in completion.requests:
         for choice in range(completion.n):
-            produced = served.stream(choice_request(request, choice))
-            try:
-                for chunk in produced:
-                    used = chunk.pop("usage", None)
-                    if used:
-                        totals[0] += used["prompt_tokens"] if choice == 0 else 0  # a prompt counts once
-                        totals[1] += used["completion_tokens"]
-                    yield {**chunk, "id": cid, "created": created,
-                           "choices": [{**chunk["choices"][0], "index": index}],
-                           **({"usage": None} if completion.include_usage else {})}
-            finally:
-                produced.close()  # ends generation and frees the model
+            for chunk in closing(served.stream(choice_request(request, choice))):  # closed: generation ends
+                used = chunk.pop("usage", None)
+                if used:
+                    totals[0] += used["prompt_tokens"] if choice == 0 else 0  # a prompt counts once
+                    totals[1] += used["completion_tokens"]
+                yield {**chunk, "id": cid, "created": created,
+                       "choices": [{**chunk["choices"][0], "index": index}],
+                       **({"usage": None} if completion.include_usage else {})}
             index += 1
     if completion.include_usage:
         yield text_completion(served.name, [], usage(*totals), cid, created)
